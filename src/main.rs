@@ -1,0 +1,148 @@
+//! The `minigateway` command: parses the command line and starts the gateway.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use futures_util::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_tokio::Signals;
+
+use minigateway::config::{self, Config};
+use minigateway::{Gateway, logging};
+
+/// An HTTP/HTTPS gateway with host routing, load balancing, flood defences and live reload.
+#[derive(Debug, Parser)]
+#[command(name = "minigateway", version)]
+struct Cli {
+    /// Configuration file.
+    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+
+    /// Check the configuration file and exit with 0 if it is valid, 1 if not.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+
+    /// Send a signal to the running instance named by the pid file, then exit.
+    #[arg(short = 's', long = "signal", value_name = "SIGNAL")]
+    signal: Option<ControlSignal>,
+
+    /// Number of worker threads; defaults to one per CPU core.
+    #[arg(short = 'w', long = "workers", value_name = "N")]
+    workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ControlSignal {
+    /// Reload the configuration and certificates (SIGHUP).
+    Reload,
+    /// Stop gracefully (SIGTERM).
+    Stop,
+}
+
+/// Returns the pid file of the instance that runs with `config`.
+fn pid_file(config: &Path) -> PathBuf {
+    config::prefix_of(config).join("logs").join("minigateway.pid")
+}
+
+fn test_config(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(_) => {
+            println!("minigateway: configuration file {} test is successful", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            eprintln!("minigateway: configuration file {} test failed", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn send_signal(config: &Path, signal: ControlSignal) -> anyhow::Result<()> {
+    let file = pid_file(config);
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("failed to read pid file {}; is minigateway running?", file.display()))?;
+    let pid: libc::pid_t = text
+        .trim()
+        .parse()
+        .with_context(|| format!("pid file {} does not contain a process id", file.display()))?;
+    let number = match signal {
+        ControlSignal::Reload => SIGHUP,
+        ControlSignal::Stop => SIGTERM,
+    };
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, number) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("failed to signal process {pid} from {}", file.display()));
+    }
+    Ok(())
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let config = Config::load(&cli.config)?;
+    logging::init(config.log.level);
+
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).context("failed to install signal handlers")?;
+    let gateway = Gateway::start(&cli.config).await?;
+
+    let pid_path = pid_file(&cli.config);
+    if let Err(error) = std::fs::write(&pid_path, format!("{}\n", std::process::id())) {
+        tracing::warn!(file = %pid_path.display(), error = %error, "failed to write pid file; `-s` will not find this instance");
+    }
+
+    while let Some(signal) = signals.next().await {
+        match signal {
+            SIGHUP => tracing::info!("SIGHUP received; reload is not available in this build"),
+            _ => {
+                tracing::info!(signal, "stop signal received");
+                break;
+            }
+        }
+    }
+
+    gateway.shutdown().await;
+    let _ = std::fs::remove_file(&pid_path);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.test {
+        return test_config(&cli.config);
+    }
+    if let Some(signal) = cli.signal {
+        return match send_signal(&cli.config, signal) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("minigateway: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(workers) = cli.workers {
+        builder.worker_threads(workers.max(1));
+    }
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("minigateway: failed to start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(&cli));
+    // Connections that outlived shutdownTimeout are dropped here.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("minigateway: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Header rewriting between client and upstream.
+//!
+//! Hop-by-hop headers (RFC 9110 section 7.6.1) are removed in both directions: the
+//! fixed list below plus every name listed in any `Connection` line. An upgrade keeps
+//! its `Upgrade` header and `Connection: upgrade`, since the handshake must reach the
+//! other side.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::client_ip::ClientAddr;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+static UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
+
+/// Returns whether a `Connection` header lists `token`.
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| item.trim().eq_ignore_ascii_case(token))
+}
+
+/// Returns whether a request is an upgrade request, such as a WebSocket handshake.
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+/// Removes hop-by-hop headers; with `keep_upgrade` the upgrade handshake stays.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(text) = value.to_str() else { continue };
+            for token in text.split(',').map(str::trim) {
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("keep-alive")
+                    || token.eq_ignore_ascii_case("upgrade")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    listed.push(name);
+                }
+            }
+        }
+        for name in listed {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, UPGRADE.clone());
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Writes an IP address into a header value without a temporary string.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
+}
+
+/// Sets the forwarding headers sent upstream, replacing any values the client sent.
+///
+/// X-Forwarded-For is rebuilt from the verified chain plus the peer, so a client
+/// cannot choose its first element. X-Real-IP is the resolved client.
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    client: &ClientAddr,
+    peer: IpAddr,
+    tls: bool,
+    host: Option<HeaderValue>,
+) {
+    let forwarded_for = if client.chain.is_empty() {
+        ip_value(peer)
+    } else {
+        let mut text = String::with_capacity(16 * (client.chain.len() + 1));
+        for ip in client.chain.iter().chain(std::iter::once(&peer)) {
+            if !text.is_empty() {
+                text.push_str(", ");
+            }
+            let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{ip}"));
+        }
+        HeaderValue::from_str(&text).expect("IP addresses are valid header text")
+    };
+    headers.insert(&X_FORWARDED_FOR, forwarded_for);
+    headers.insert(&X_REAL_IP, ip_value(client.ip));
+    headers.insert(&X_FORWARDED_PROTO, if tls { HTTPS.clone() } else { HTTP.clone() });
+    match host {
+        Some(host) => headers.insert(&X_FORWARDED_HOST, host),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn removes_names_from_every_connection_line() {
+        let mut headers = map(&[
+            ("connection", "X-Foo, close"),
+            ("connection", "x-bar"),
+            ("x-foo", "1"),
+            ("x-bar", "2"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "3"),
+        ]);
+        remove_hop_by_hop(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn upgrade_keeps_handshake() {
+        let mut headers = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade_request(&headers));
+        remove_hop_by_hop(&mut headers, true);
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarding_replaces_client_values() {
+        let mut headers = map(&[("x-forwarded-for", "203.0.113.7"), ("x-real-ip", "203.0.113.7")]);
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let client = ClientAddr {
+            ip: peer,
+            chain: Vec::new(),
+            malformed: false,
+        };
+        set_forwarding(
+            &mut headers,
+            &client,
+            peer,
+            false,
+            Some(HeaderValue::from_static("a.test")),
+        );
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(headers["x-real-ip"], "127.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "a.test");
+    }
+
+    #[test]
+    fn forwarding_keeps_verified_chain() {
+        let mut headers = HeaderMap::new();
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let client = ClientAddr {
+            ip: "203.0.113.7".parse().unwrap(),
+            chain: vec!["203.0.113.7".parse().unwrap(), "127.0.0.2".parse().unwrap()],
+            malformed: false,
+        };
+        set_forwarding(&mut headers, &client, peer, true, None);
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 127.0.0.2, 127.0.0.1");
+        assert_eq!(headers["x-real-ip"], "203.0.113.7");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+    }
+}

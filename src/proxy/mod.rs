@@ -1,0 +1,419 @@
+//! Forwarding: from a client request to an upstream response.
+//!
+//! For each request: load the snapshot once, find the host, resolve the client IP, run
+//! the guards, route, pick a target, rewrite headers, send upstream through the shared
+//! pool, and stream the response back. The snapshot is the only configuration read, and
+//! nothing here takes a lock that a reload takes.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::balance::{Strategy, hash_ip, hash_key};
+use crate::client_ip::ClientAddr;
+use crate::config::HashKey;
+use crate::connection::Connection;
+use crate::metrics::{Reason, RouteStats};
+use crate::router::normalize_host;
+use crate::snapshot::{Route, Snapshot};
+use crate::state::State;
+use body::{ClientBodyError, ResponseBody, UpstreamRequestBody, find_client_body_error};
+use error::ProxyError;
+
+/// One request from receipt to the end of its response. Dropping it does the
+/// accounting, so a request abandoned half-way is counted too.
+pub struct Exchange {
+    state: Arc<State>,
+    conn: Arc<Connection>,
+    started: Instant,
+    route: Option<Arc<RouteStats>>,
+    status: u16,
+}
+
+impl Exchange {
+    fn start(state: Arc<State>, conn: Arc<Connection>, http2: bool) -> Exchange {
+        state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
+        conn.request_started(http2);
+        Exchange {
+            state,
+            conn,
+            started: Instant::now(),
+            route: None,
+            status: 0,
+        }
+    }
+
+    /// Ends the exchange once its response body ended or was abandoned.
+    pub(crate) fn finish(self, _bytes_sent: u64, _aborted: bool) {}
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.state.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.conn.request_finished();
+        if let Some(route) = &self.route {
+            route.record(self.status, self.started.elapsed());
+        }
+    }
+}
+
+/// Handles one client request; this is the hyper service of every client connection.
+pub async fn handle(
+    state: Arc<State>,
+    conn: Arc<Connection>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let snapshot = state.snapshot.load_full();
+    let mut exchange = Exchange::start(state.clone(), conn.clone(), request.version() == Version::HTTP_2);
+
+    let mut response = match forward(&state, &snapshot, &conn, request, &mut exchange).await {
+        Ok(response) => response,
+        Err(error) => {
+            state.metrics.reject(error.reason());
+            log_error(&conn, &error);
+            error.to_response()
+        }
+    };
+    exchange.status = response.status().as_u16();
+    response.body_mut().set_exchange(exchange);
+    Ok(response)
+}
+
+fn log_error(conn: &Connection, error: &ProxyError) {
+    if error.is_upstream() {
+        tracing::warn!(client = %conn.peer.ip(), error = %error, "responded {}", error.status().as_u16());
+    } else {
+        tracing::info!(client = %conn.peer.ip(), error = %error, "responded {}", error.status().as_u16());
+    }
+}
+
+/// Finds the request's host: the absolute-form URI authority (HTTP/1) or `:authority`
+/// (HTTP/2) when present, else the `Host` header. The returned value is also written as
+/// the `Host` header, which RFC 9112 section 3.2.2 requires for absolute-form requests
+/// and the HTTP/1.1 upstream needs for HTTP/2 requests.
+fn request_host(request: &mut Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
+    if let Some(authority) = request.uri().authority() {
+        let value = HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::InvalidHost)?;
+        request.headers_mut().insert(header::HOST, value.clone());
+        return Ok(Some(value));
+    }
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::DuplicateHost),
+        (Some(host), None) => Ok(Some(host.clone())),
+        (None, _) if request.version() == Version::HTTP_11 => Err(ProxyError::MissingHost),
+        (None, _) => Ok(None),
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn content_length(parts: &Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse().ok())
+}
+
+/// Returns the consistent-hash key of a request; other strategies ignore it.
+fn balance_key(route: &Route, client: &ClientAddr, host: &str, parts: &Parts) -> u64 {
+    if route.pool.balancer.strategy() != Strategy::ConsistentHash {
+        return 0;
+    }
+    match &route.hash_key {
+        HashKey::ClientIp => hash_ip(client.ip),
+        HashKey::Host => hash_key(host.as_bytes()),
+        HashKey::Uri => hash_key(parts.uri.path_and_query().map_or("/", PathAndQuery::as_str).as_bytes()),
+        HashKey::Header(name) => parts
+            .headers
+            .get(name)
+            .map_or_else(|| hash_ip(client.ip), |value| hash_key(value.as_bytes())),
+    }
+}
+
+/// Builds the upstream URI: the target's authority, its path prefix and the request's
+/// path and query.
+fn upstream_uri(target: &crate::upstream::Target, original: &Uri) -> Result<Uri, http::Error> {
+    let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
+    let path_and_query = if target.path_prefix.is_empty() || path_and_query == "*" {
+        match original.path_and_query() {
+            Some(existing) => existing.clone(),
+            None => PathAndQuery::from_static("/"),
+        }
+    } else {
+        PathAndQuery::try_from(format!("{}{path_and_query}", target.path_prefix))?
+    };
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(target.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+}
+
+fn redirect_to_https(host: &str, port: Option<u16>, uri: &Uri) -> Response<ResponseBody> {
+    let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let location = match port {
+        Some(port) => format!("https://{host}:{port}{path}"),
+        None => format!("https://{host}{path}"),
+    };
+    let mut response = Response::new(ResponseBody::full("308 Permanent Redirect\n"));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        current = error.source();
+    }
+    false
+}
+
+async fn forward(
+    state: &State,
+    snapshot: &Snapshot,
+    conn: &Connection,
+    mut request: Request<Incoming>,
+    exchange: &mut Exchange,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let received = exchange.started;
+
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::UnsupportedMethod);
+    }
+    let host_value = request_host(&mut request)?;
+    let host = normalize_host(host_value.as_ref().map_or(&b""[..], HeaderValue::as_bytes))
+        .map_err(|_| ProxyError::InvalidHost)?;
+
+    let client = snapshot.client_ip.resolve(conn.peer.ip(), request.headers());
+    if client.malformed {
+        state.metrics.reject(Reason::MalformedForwarded);
+    }
+
+    let index = snapshot.router.route(host.as_str()).ok_or(ProxyError::NoRoute)?;
+    let route = &snapshot.routes[index];
+    exchange.route = Some(route.stats.clone());
+
+    if route.redirect_https && !conn.tls {
+        return Ok(redirect_to_https(host.as_str(), snapshot.https_port, request.uri()));
+    }
+
+    let upgrade = request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+
+    let (mut parts, body) = request.into_parts();
+    if let (Some(limit), Some(length)) = (snapshot.max_body_bytes, content_length(&parts)) {
+        if length > limit {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    // hyper sends `100 Continue` itself when the body is first read.
+    parts.headers.remove(header::EXPECT);
+    headers::set_forwarding(&mut parts.headers, &client, conn.peer.ip(), conn.tls, host_value);
+    parts.version = Version::HTTP_11;
+
+    let key = balance_key(route, &client, host.as_str(), &parts);
+    let body = if body.is_end_stream() {
+        UpstreamRequestBody::empty()
+    } else {
+        let body_deadline = snapshot.timeouts.read.map(|limit| received + limit);
+        UpstreamRequestBody::streaming(body, snapshot.max_body_bytes, body_deadline)
+    };
+    let deadline = snapshot.timeouts.write.map(|limit| received + limit);
+
+    let mut response = send(state, route, parts, body, key, deadline).await?;
+
+    if let Some(client_upgrade) = client_upgrade {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            upgrade::splice(
+                state,
+                conn.peer,
+                client_upgrade,
+                upstream_upgrade,
+                snapshot.timeouts.idle,
+            );
+            let (mut parts, _) = response.into_parts();
+            headers::remove_hop_by_hop(&mut parts.headers, true);
+            return Ok(Response::from_parts(parts, ResponseBody::empty()));
+        }
+    }
+
+    let (mut parts, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, ResponseBody::upstream(body, deadline)))
+}
+
+/// Sends a request to a target of the route's pool, retrying once where that is safe.
+///
+/// A connection failure moves to another target, because nothing was sent. Any other
+/// failure before a response head (such as a pooled connection the upstream had just
+/// closed) is retried once for idempotent requests without a body.
+async fn send(
+    state: &State,
+    route: &Route,
+    parts: Parts,
+    body: UpstreamRequestBody,
+    key: u64,
+    deadline: Option<Instant>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let pool = &route.pool;
+    let replayable = body.is_end_stream() && !parts.headers.contains_key(header::UPGRADE);
+    let idempotent = is_idempotent(&parts.method);
+    let mut replay = (replayable && (idempotent || pool.targets.len() > 1)).then(|| parts.clone());
+    let mut pending = Some((parts, body));
+    let mut excluded = None;
+
+    loop {
+        let Some((parts, body)) = pending.take() else {
+            return Err(ProxyError::NoHealthyTarget);
+        };
+        let index = pool.pick(key, excluded).ok_or(ProxyError::NoHealthyTarget)?;
+        let target = &pool.targets[index];
+        target.stats.requests.fetch_add(1, Ordering::Relaxed);
+
+        let uri = upstream_uri(target, &parts.uri).map_err(|_| ProxyError::InvalidHost)?;
+        let mut request = Request::from_parts(parts, body);
+        *request.uri_mut() = uri;
+
+        let sent = state.client.request(request);
+        let result = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, sent).await,
+            None => Ok(sent.await),
+        };
+
+        let error = match result {
+            Ok(Ok(response)) => {
+                target.health.record_success();
+                return Ok(response);
+            }
+            Err(_elapsed) => {
+                target.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                pool.record_failure(index);
+                return Err(ProxyError::UpstreamTimeout {
+                    target: target.url.clone(),
+                });
+            }
+            Ok(Err(error)) => error,
+        };
+
+        if let Some(body_error) = find_client_body_error(&error) {
+            return Err(match body_error {
+                ClientBodyError::TooLarge => ProxyError::BodyTooLarge,
+                ClientBodyError::TimedOut => ProxyError::RequestTimeout,
+            });
+        }
+
+        let connect = error.is_connect();
+        if connect && is_timeout(&error) {
+            target.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            pool.record_failure(index);
+            return Err(ProxyError::UpstreamTimeout {
+                target: target.url.clone(),
+            });
+        }
+        if connect {
+            target.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+            if pool.record_failure(index) {
+                tracing::warn!(route = %route.label, target = %target.url, "target marked down for {:?}", pool.fail_timeout);
+            }
+        } else {
+            target.stats.other_errors.fetch_add(1, Ordering::Relaxed);
+        }
+
+        let retry = replay.take().filter(|_| connect || idempotent);
+        let next_excluded = if connect { Some(index) } else { None };
+        match retry {
+            Some(parts) if pool.pick(key, next_excluded).is_some() => {
+                tracing::debug!(route = %route.label, target = %target.url, error = %error, "retrying upstream request");
+                pending = Some((parts, UpstreamRequestBody::empty()));
+                excluded = next_excluded;
+            }
+            _ => {
+                let target = target.url.clone();
+                return Err(if connect {
+                    ProxyError::UpstreamConnect { target, source: error }
+                } else {
+                    ProxyError::UpstreamFailed { target, source: error }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{Target, TargetHealth};
+
+    fn target(prefix: &str) -> Target {
+        Target {
+            url: "http://127.0.0.1:9000".into(),
+            authority: "127.0.0.1:9000".parse().unwrap(),
+            path_prefix: prefix.into(),
+            health: Arc::new(TargetHealth::default()),
+            stats: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn upstream_uri_joins_prefix() {
+        let original: Uri = "/a/b?x=1".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&target(""), &original).unwrap(),
+            "http://127.0.0.1:9000/a/b?x=1"
+        );
+        assert_eq!(
+            upstream_uri(&target("/base"), &original).unwrap(),
+            "http://127.0.0.1:9000/base/a/b?x=1"
+        );
+        let absolute: Uri = "http://a.test/p".parse().unwrap();
+        assert_eq!(upstream_uri(&target(""), &absolute).unwrap(), "http://127.0.0.1:9000/p");
+    }
+
+    #[test]
+    fn redirect_keeps_path_and_brackets_ipv6() {
+        let uri: Uri = "/x?y=1".parse().unwrap();
+        let response = redirect_to_https("a.test", None, &uri);
+        assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(response.headers()[header::LOCATION], "https://a.test/x?y=1");
+        let response = redirect_to_https("::1", Some(8443), &uri);
+        assert_eq!(response.headers()[header::LOCATION], "https://[::1]:8443/x?y=1");
+    }
+}

@@ -1,0 +1,52 @@
+//! The gateway's shared state: the current snapshot and what outlives it.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::guard::conn_limit::ConnLimiter;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::snapshot::Snapshot;
+use crate::upstream::{HttpClient, build_client};
+
+/// Everything the request path and the control plane share.
+pub struct State {
+    /// The snapshot new requests use; replaced whole by a reload.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub registry: Registry,
+    pub client: HttpClient,
+    pub metrics: Metrics,
+    pub connections: Arc<ConnLimiter>,
+    /// Every connection and upgrade task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Cancelled when the process stops: listeners stop and connections drain.
+    pub shutdown: CancellationToken,
+    pub started_at: SystemTime,
+    pub started: Instant,
+}
+
+impl State {
+    /// Builds the state with the first snapshot, generation 1, from `config`.
+    pub fn new(config: Arc<Config>) -> State {
+        let registry = Registry::default();
+        let snapshot = Snapshot::build(config, &registry, 1);
+        let connections = Arc::new(ConnLimiter::default());
+        connections.set_limit(snapshot.config.core.limit_max_conn);
+        State {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            registry,
+            client: build_client(),
+            metrics: Metrics::default(),
+            connections,
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+        }
+    }
+}

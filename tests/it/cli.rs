@@ -1,0 +1,136 @@
+//! The `minigateway` binary: `-t`, and a graceful stop on SIGTERM.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{Upstream, get};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_minigateway");
+
+/// Returns a free loopback port; the gap until the gateway binds it is short.
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn write_tree(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("configs")).unwrap();
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let file = dir.path().join("configs").join("gateway.toml");
+    std::fs::write(&file, text).unwrap();
+    (dir, file)
+}
+
+fn check(file: &Path) -> (bool, String) {
+    let output = Command::new(BINARY).arg("-t").arg("-c").arg(file).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+const VALID: &str = "[core]\nhttpListen = [\"127.0.0.1:8080\"]\n\n[proxyInfo.app]\nhost = \"app.test\"\ntarget = [\"http://127.0.0.1:9000\"]\n";
+
+#[test]
+fn check_accepts_valid_file() {
+    let (_dir, file) = write_tree(VALID);
+    let (ok, output) = check(&file);
+    assert!(ok, "{output}");
+    assert!(output.contains("test is successful"), "{output}");
+}
+
+#[test]
+fn check_names_file_line_and_unknown_key() {
+    let (_dir, file) = write_tree(&VALID.replace("httpListen", "readTimout = 5\nhttpListen"));
+    let (ok, output) = check(&file);
+    assert!(!ok);
+    assert!(output.contains("gateway.toml:2:1"), "{output}");
+    assert!(output.contains("core.readTimout"), "{output}");
+    assert!(output.contains("did you mean `readTimeout`"), "{output}");
+}
+
+#[test]
+fn check_names_bad_target_url() {
+    let (_dir, file) = write_tree(&VALID.replace("http://127.0.0.1:9000", "127.0.0.1:9000"));
+    let (ok, output) = check(&file);
+    assert!(!ok);
+    assert!(output.contains("gateway.toml:6:"), "{output}");
+    assert!(output.contains("proxyInfo.app.target"), "{output}");
+}
+
+#[test]
+fn check_accepts_mingateway_file() {
+    let text = include_str!("../fixtures/mingateway.conf");
+    let (dir, file) = write_tree(text);
+    let (ok, output) = check(&file);
+    assert!(ok, "{output}");
+    drop(dir);
+}
+
+struct Running {
+    child: Child,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "gateway did not start listening on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_request_and_exits_zero() {
+    let upstream = Upstream::start("app").await;
+    let http = free_addr();
+    let admin = free_addr();
+    let text = format!(
+        "[core]\nhttpListen = [\"{http}\"]\n\n[admin]\nlisten = \"{admin}\"\n\n[proxyInfo.app]\nhost = \"app.test\"\ntarget = [\"{}\"]\n",
+        upstream.url()
+    );
+    let (dir, file) = write_tree(&text);
+    let child = Command::new(BINARY)
+        .arg("-c")
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut running = Running { child };
+    wait_listening(http).await;
+    assert!(dir.path().join("logs/minigateway.pid").exists(), "pid file missing");
+
+    let slow = tokio::spawn(async move { get(http, "app.test", "/slow/1500").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(running.child.id() as libc::pid_t, libc::SIGTERM) };
+
+    let response = slow.await.unwrap();
+    assert_eq!(response.status, 200, "the in-flight request must finish");
+    assert_eq!(response.text(), "app");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = running.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "gateway did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "the listener is still open"
+    );
+    assert!(
+        !dir.path().join("logs/minigateway.pid").exists(),
+        "pid file left behind"
+    );
+}

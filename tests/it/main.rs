@@ -1,0 +1,10 @@
+//! Integration tests over real loopback sockets.
+
+mod support;
+
+mod admin;
+mod balancing;
+mod cli;
+mod forwarding;
+mod routing;
+mod timeouts;

@@ -1,0 +1,59 @@
+//! A gateway running in the test process, on ephemeral loopback ports, with its
+//! configuration in a temporary tree.
+
+use std::net::SocketAddr;
+
+use minigateway::Gateway;
+use tempfile::TempDir;
+
+pub struct TestGateway {
+    pub gateway: Gateway,
+    /// Keeps the configuration tree alive as long as the gateway.
+    _dir: TempDir,
+    pub http: SocketAddr,
+    pub admin: Option<SocketAddr>,
+}
+
+/// Builds a configuration with ephemeral listeners; `core` is added to `[core]`.
+pub fn config(core: &str, rest: &str) -> String {
+    format!("[core]\nhttpListen = [\"127.0.0.1:0\"]\n{core}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{rest}\n")
+}
+
+impl TestGateway {
+    /// Starts a gateway with the full configuration `text`.
+    pub async fn start(text: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let configs = dir.path().join("configs");
+        std::fs::create_dir_all(&configs).unwrap();
+        std::fs::create_dir_all(dir.path().join("cert")).unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let file = configs.join("gateway.toml");
+        std::fs::write(&file, text).unwrap();
+
+        let gateway = Gateway::start(&file)
+            .await
+            .unwrap_or_else(|error| panic!("gateway failed to start: {error}"));
+        let http = gateway.http_addrs()[0];
+        let admin = gateway.admin_addr();
+        TestGateway {
+            gateway,
+            _dir: dir,
+            http,
+            admin,
+        }
+    }
+
+    /// Starts a gateway with one route `host` over `targets`.
+    pub async fn single_route(core: &str, host: &str, targets: &[String], extra: &str) -> TestGateway {
+        let list = targets
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = config(
+            core,
+            &format!("[proxyInfo.app]\nhost = \"{host}\"\ntarget = [{list}]\n{extra}\n"),
+        );
+        TestGateway::start(&text).await
+    }
+}
