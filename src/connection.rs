@@ -210,7 +210,13 @@ where
         let conn = conn.clone();
         service_fn(move |request| proxy::handle(state.clone(), conn.clone(), request))
     };
-    let connection = snapshot.http.serve_connection_with_upgrades(TokioIo::new(io), service);
+    // An owned connection lets the snapshot go, so a long-lived connection does not keep
+    // every configuration it has seen alive.
+    let connection = snapshot
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    drop(snapshot);
     tokio::pin!(connection);
 
     let timer = tokio::time::sleep(Duration::ZERO);

@@ -1,12 +1,15 @@
-//! Starting and stopping a gateway.
+//! Starting, reloading and stopping a gateway.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tokio::task::JoinHandle;
+
 use crate::admin::AdminServer;
 use crate::config::{Config, ConfigError};
-use crate::listener::{ListenerInfo, ListenerKind, Listeners};
+use crate::listener::{ListenerInfo, ListenerKind};
+use crate::reload::{ControlPlane, Controller, ReloadHandle, ReloadOutcome, Trigger, wanted_listeners};
 use crate::state::State;
 
 /// Errors that stop a gateway from starting.
@@ -21,19 +24,10 @@ pub enum StartError {
 /// A running gateway.
 pub struct Gateway {
     state: Arc<State>,
-    listeners: Listeners,
-    admin: Option<AdminServer>,
+    plane: Arc<ControlPlane>,
+    reloads: ReloadHandle,
+    controller: JoinHandle<()>,
     config_path: PathBuf,
-}
-
-/// Returns the listener addresses that a configuration names.
-fn wanted_listeners(config: &Config) -> Vec<(SocketAddr, ListenerKind)> {
-    config
-        .core
-        .http_listen
-        .iter()
-        .map(|&addr| (addr, ListenerKind::Http))
-        .collect()
 }
 
 /// Warns about enabled settings that this build parses and validates but does not
@@ -55,7 +49,8 @@ fn warn_unimplemented(config: &Config) {
 }
 
 impl Gateway {
-    /// Loads the configuration, binds every listener and starts serving.
+    /// Loads the configuration, binds every listener, starts serving and starts
+    /// watching the configuration for changes.
     ///
     /// Must run inside a Tokio runtime. A configuration error or a listener that cannot
     /// be bound stops start-up with that error.
@@ -63,15 +58,16 @@ impl Gateway {
         let config_path = config_path.as_ref().to_path_buf();
         let config = Arc::new(Config::load(&config_path)?);
         let state = Arc::new(State::new(config.clone()));
+        let plane = Arc::new(ControlPlane::default());
 
-        let listeners = Listeners::default();
-        listeners.reconcile(&state, &wanted_listeners(&config))?;
+        plane.listeners.reconcile(&state, &wanted_listeners(&config))?;
 
-        let admin = if config.admin.enable {
-            Some(AdminServer::start(state.clone(), config.admin.listen)?)
-        } else {
-            None
-        };
+        let (controller, reloads, requests) = Controller::new(state.clone(), plane.clone(), config_path.clone());
+        if config.admin.enable {
+            let admin = AdminServer::bind(config.admin.listen)?.start(state.clone(), controller.handle());
+            *plane.admin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(admin);
+        }
+        let controller = tokio::spawn(controller.run(requests));
 
         warn_unimplemented(&config);
         tracing::info!(
@@ -81,8 +77,9 @@ impl Gateway {
         );
         Ok(Gateway {
             state,
-            listeners,
-            admin,
+            plane,
+            reloads,
+            controller,
             config_path,
         })
     }
@@ -95,14 +92,31 @@ impl Gateway {
         &self.config_path
     }
 
+    /// Returns a handle that triggers reloads, for signal handlers.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reloads.clone()
+    }
+
+    /// Reloads the configuration now, as SIGHUP does.
+    pub async fn reload(&self) -> ReloadOutcome {
+        self.reloads
+            .reload(Trigger::Api)
+            .await
+            .expect("the reload controller runs while the gateway does")
+    }
+
+    /// Returns the generation of the snapshot that serves new requests.
+    pub fn generation(&self) -> u64 {
+        self.state.snapshot.load().generation
+    }
+
     pub fn listeners(&self) -> Vec<ListenerInfo> {
-        self.listeners.list()
+        self.plane.listeners.list()
     }
 
     /// Returns the bound addresses of the plain-HTTP listeners.
     pub fn http_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .list()
+        self.listeners()
             .into_iter()
             .filter(|info| info.kind == ListenerKind::Http)
             .map(|info| info.bound)
@@ -110,19 +124,27 @@ impl Gateway {
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(|admin| admin.addr)
+        let admin = self.plane.admin.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        admin.as_ref().map(|admin| admin.addr)
     }
 
     /// Stops accepting, lets in-flight requests finish within shutdownTimeout, then
     /// returns. Connections still open after the timeout are left to the runtime's end.
     pub async fn shutdown(&self) {
         let timeout = self.state.snapshot.load().config.core.shutdown_timeout;
-        self.listeners.stop_accepting();
-        if let Some(admin) = &self.admin {
+        self.plane.listeners.stop_accepting();
+        if let Some(admin) = self
+            .plane
+            .admin
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+        {
             admin.stop();
         }
         self.state.shutdown.cancel();
         self.state.tasks.close();
+        self.controller.abort();
 
         let in_flight = self.state.metrics.in_flight.load(std::sync::atomic::Ordering::Relaxed);
         tracing::info!(in_flight, "stopping: draining connections for up to {timeout:?}");
@@ -132,5 +154,13 @@ impl Gateway {
                 "shutdownTimeout passed with connections still open; closing them"
             );
         }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // Without this, a gateway dropped without `shutdown` would keep serving.
+        self.state.shutdown.cancel();
+        self.controller.abort();
     }
 }

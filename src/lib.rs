@@ -18,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod router;
 pub mod snapshot;
 pub mod state;

@@ -10,6 +10,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
 use minigateway::config::{self, Config};
+use minigateway::reload::Trigger;
 use minigateway::{Gateway, logging};
 
 /// An HTTP/HTTPS gateway with host routing, load balancing, flood defences and live reload.
@@ -86,6 +87,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
 
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).context("failed to install signal handlers")?;
     let gateway = Gateway::start(&cli.config).await?;
+    let reloads = gateway.reload_handle();
 
     let pid_path = pid_file(&cli.config);
     if let Err(error) = std::fs::write(&pid_path, format!("{}\n", std::process::id())) {
@@ -94,7 +96,11 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
 
     while let Some(signal) = signals.next().await {
         match signal {
-            SIGHUP => tracing::info!("SIGHUP received; reload is not available in this build"),
+            SIGHUP => {
+                tracing::info!("SIGHUP received; reloading");
+                let reloads = reloads.clone();
+                tokio::spawn(async move { reloads.reload(Trigger::Signal).await });
+            }
             _ => {
                 tracing::info!(signal, "stop signal received");
                 break;

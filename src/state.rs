@@ -1,6 +1,6 @@
 //! The gateway's shared state: the current snapshot and what outlives it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::guard::conn_limit::ConnLimiter;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::reload::ReloadStatus;
 use crate::snapshot::Snapshot;
 use crate::upstream::{HttpClient, build_client};
 
@@ -26,6 +27,8 @@ pub struct State {
     pub tasks: TaskTracker,
     /// Cancelled when the process stops: listeners stop and connections drain.
     pub shutdown: CancellationToken,
+    /// Written by the reload controller, read by the admin API.
+    pub reload_status: Mutex<ReloadStatus>,
     pub started_at: SystemTime,
     pub started: Instant,
 }
@@ -45,6 +48,7 @@ impl State {
             connections,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            reload_status: Mutex::new(ReloadStatus::default()),
             started_at: SystemTime::now(),
             started: Instant::now(),
         }

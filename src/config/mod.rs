@@ -197,8 +197,6 @@ pub struct RouteConfig {
     /// How long a target stays down.
     pub fail_timeout: Duration,
     pub redirect_https: bool,
-    /// Line of the section header, for messages.
-    pub line: usize,
 }
 
 /// Lowest TLS version accepted.
@@ -898,7 +896,6 @@ fn read_routes(reader: &mut Reader<'_>, section: &mut Section<'_, '_>) -> Vec<Ro
             .map_or(Duration::from_secs(10), Duration::from_secs_f64);
         let redirect_https = route.bool(reader, "redirectHttps").unwrap_or(false);
 
-        let line = reader.line_of(&label_span);
         route.finish(reader);
         routes.push(RouteConfig {
             label,
@@ -909,7 +906,6 @@ fn read_routes(reader: &mut Reader<'_>, section: &mut Section<'_, '_>) -> Vec<Ro
             max_fails,
             fail_timeout,
             redirect_https,
-            line,
         });
     }
     routes

@@ -45,10 +45,6 @@ impl<'s> Reader<'s> {
         (line, column)
     }
 
-    pub(crate) fn line_of(&self, span: &Range<usize>) -> usize {
-        self.position(span.start).0
-    }
-
     pub(crate) fn report(
         &mut self,
         span: Range<usize>,

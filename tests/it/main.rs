@@ -6,5 +6,6 @@ mod admin;
 mod balancing;
 mod cli;
 mod forwarding;
+mod reload;
 mod routing;
 mod timeouts;

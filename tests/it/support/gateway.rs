@@ -2,14 +2,15 @@
 //! configuration in a temporary tree.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use minigateway::Gateway;
 use tempfile::TempDir;
 
 pub struct TestGateway {
     pub gateway: Gateway,
-    /// Keeps the configuration tree alive as long as the gateway.
-    _dir: TempDir,
+    /// The configuration tree: `configs/`, `cert/`, `logs/`.
+    pub dir: TempDir,
     pub http: SocketAddr,
     pub admin: Option<SocketAddr>,
 }
@@ -37,7 +38,7 @@ impl TestGateway {
         let admin = gateway.admin_addr();
         TestGateway {
             gateway,
-            _dir: dir,
+            dir,
             http,
             admin,
         }
@@ -55,5 +56,9 @@ impl TestGateway {
             &format!("[proxyInfo.app]\nhost = \"{host}\"\ntarget = [{list}]\n{extra}\n"),
         );
         TestGateway::start(&text).await
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("configs").join("gateway.toml")
     }
 }
