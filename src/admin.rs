@@ -2,8 +2,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,11 +14,15 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
-use crate::reload::{ReloadHandle, ReloadOutcome, Trigger};
+use crate::config::HashKey;
+use crate::exposition;
+use crate::listener::ListenerInfo;
+use crate::reload::{ControlPlane, ReloadHandle, ReloadOutcome, Trigger};
 use crate::state::State;
 
 /// Maximum time an admin client may take to send its request head.
@@ -53,9 +57,9 @@ impl AdminServer {
 
 impl BoundAdmin {
     /// Starts serving the admin API.
-    pub fn start(self, state: Arc<State>, reloads: ReloadHandle) -> AdminServer {
+    pub fn start(self, state: Arc<State>, reloads: ReloadHandle, plane: Weak<ControlPlane>) -> AdminServer {
         let stop = state.shutdown.child_token();
-        let context = Arc::new(Context { state, reloads });
+        let context = Arc::new(Context { state, reloads, plane });
         tokio::spawn(accept_loop(self.listener, context, stop.clone()));
         tracing::info!(address = %self.addr, "admin API listening");
         AdminServer { addr: self.addr, stop }
@@ -68,10 +72,12 @@ impl Drop for AdminServer {
     }
 }
 
-/// What every admin request can reach.
+/// The shared state that every admin request can reach.
 struct Context {
     state: Arc<State>,
     reloads: ReloadHandle,
+    /// Weak, because the control plane owns the admin server.
+    plane: Weak<ControlPlane>,
 }
 
 async fn accept_loop(listener: TcpListener, context: Arc<Context>, stop: CancellationToken) {
@@ -124,9 +130,36 @@ fn method_not_allowed() -> Response<Full<Bytes>> {
     json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method not allowed"}))
 }
 
+/// Returns whether the request carries the configured bearer token, compared in
+/// constant time. Without a configured token every request is allowed.
+fn authorized(token: Option<&str>, request: &Request<Incoming>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    presented.ct_eq(token.as_bytes()).into()
+}
+
 async fn route(context: &Context, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let state = &context.state;
-    match (request.method(), request.uri().path()) {
+    let token = state.snapshot.load().config.admin.token.clone();
+    if !authorized(token.as_deref(), &request) {
+        let mut response = json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "missing or invalid bearer token"}),
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return response;
+    }
+
+    let path = request.uri().path();
+    match (request.method(), path) {
         (&Method::GET, "/api_status/reqcount") => {
             let count = state.metrics.in_flight.load(Ordering::Relaxed).max(0);
             json_response(
@@ -135,6 +168,22 @@ async fn route(context: &Context, request: Request<Incoming>) -> Response<Full<B
             )
         }
         (&Method::GET, "/status") => json_response(StatusCode::OK, status(state)),
+        (&Method::GET, "/config") => {
+            let listeners = context
+                .plane
+                .upgrade()
+                .map(|plane| plane.listeners.list())
+                .unwrap_or_default();
+            json_response(StatusCode::OK, effective_config(state, &listeners))
+        }
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(Full::new(Bytes::from(exposition::render(state))));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(exposition::CONTENT_TYPE),
+            );
+            response
+        }
         (&Method::POST, "/reload") => match context.reloads.reload(Trigger::Admin).await {
             Some(outcome) => {
                 let code = match outcome {
@@ -148,9 +197,96 @@ async fn route(context: &Context, request: Request<Incoming>) -> Response<Full<B
                 json!({"error": "the gateway is stopping"}),
             ),
         },
-        (_, "/api_status/reqcount" | "/status" | "/reload") => method_not_allowed(),
+        (_, "/api_status/reqcount" | "/status" | "/config" | "/metrics" | "/reload") => method_not_allowed(),
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
     }
+}
+
+/// Builds the `/config` document: the effective routing table and settings, without
+/// secrets such as the admin token.
+fn effective_config(state: &State, listeners: &[ListenerInfo]) -> Value {
+    let snapshot = state.snapshot.load();
+    let config = &snapshot.config;
+    let seconds = |duration: Option<std::time::Duration>| duration.map_or(0.0, |d| d.as_secs_f64());
+    let networks = |list: &[ipnet::IpNet]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+
+    let routes: Vec<Value> = config
+        .routes
+        .iter()
+        .map(|route| {
+            json!({
+                "label": route.label,
+                "hosts": route.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "strategy": route.strategy,
+                "hash_key": match &route.hash_key {
+                    HashKey::ClientIp => "ip".to_owned(),
+                    HashKey::Host => "host".to_owned(),
+                    HashKey::Uri => "uri".to_owned(),
+                    HashKey::Header(name) => format!("header:{name}"),
+                },
+                "targets": route.targets.iter().map(|t| json!({"url": t.url, "weight": t.weight})).collect::<Vec<_>>(),
+                "max_fails": route.max_fails,
+                "fail_timeout_seconds": route.fail_timeout.as_secs_f64(),
+                "redirect_https": route.redirect_https,
+            })
+        })
+        .collect();
+
+    json!({
+        "file": config.file,
+        "generation": snapshot.generation,
+        "listeners": listeners,
+        "core": {
+            "limit_max_conn": config.core.limit_max_conn,
+            "read_timeout_seconds": seconds(config.core.read_timeout),
+            "write_timeout_seconds": seconds(config.core.write_timeout),
+            "idle_timeout_seconds": seconds(config.core.idle_timeout),
+            "max_header_bytes": config.core.max_header_bytes,
+            "max_body_bytes": config.core.max_body_bytes,
+            "ip_forwardeds": config.core.ip_forwardeds.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+            "trusted_proxies": networks(&config.core.trusted_proxies),
+            "shutdown_timeout_seconds": config.core.shutdown_timeout.as_secs_f64(),
+        },
+        "cc_defense": {
+            "enable": config.cc_defense.enable,
+            "time_duration_ms": config.cc_defense.window.as_millis() as u64,
+            "count": config.cc_defense.count,
+            "black_time_seconds": config.cc_defense.ban.as_secs(),
+            "white_list": networks(&config.cc_defense.white_list),
+            "black_list": networks(&config.cc_defense.black_list),
+            "max_entries": config.cc_defense.max_entries,
+        },
+        "limit_req": {
+            "enable": config.limit_req.enable,
+            "time_duration_ms": config.limit_req.window.as_millis() as u64,
+            "count": config.limit_req.count,
+            "mode": config.limit_req.mode,
+            "max_entries": config.limit_req.max_entries,
+        },
+        "log": {
+            "level": config.log.level.as_str(),
+            "write_file": config.log.write_file,
+            "dir": config.log.dir,
+            "access_log": config.log.access_log,
+        },
+        "routes": routes,
+        "certificates": config.certs.iter().map(|cert| json!({
+            "label": cert.label,
+            "certificate_file": cert.cert_file,
+            "ocsp_stapling": cert.ocsp_stapling,
+            "ocsp_stapling_local": cert.ocsp_local,
+            "default": cert.default,
+        })).collect::<Vec<_>>(),
+        "admin": {
+            "listen": config.admin.listen,
+            "token_required": config.admin.token.is_some(),
+        },
+    })
+}
+
+/// Returns a mean in seconds, 0 when nothing was measured.
+fn average_seconds(total_seconds: f64, count: u64) -> f64 {
+    if count == 0 { 0.0 } else { total_seconds / count as f64 }
 }
 
 /// Builds the `/status` document.
@@ -173,21 +309,27 @@ fn status(state: &State) -> Value {
                 .iter()
                 .map(|target| {
                     let down_until = target.health.down_until();
+                    let responses = target.stats.responses.load(Ordering::Relaxed);
+                    let response_micros = target.stats.response_micros.load(Ordering::Relaxed);
                     json!({
                         "url": &*target.url,
                         "healthy": target.health.is_available(now),
                         "down_for_ms": down_until.saturating_sub(now),
                         "requests": target.stats.requests.load(Ordering::Relaxed),
+                        "response_seconds_average": average_seconds(response_micros as f64 / 1e6, responses),
                         "connect_errors": target.stats.connect_errors.load(Ordering::Relaxed),
                         "timeouts": target.stats.timeouts.load(Ordering::Relaxed),
                         "other_errors": target.stats.other_errors.load(Ordering::Relaxed),
                     })
                 })
                 .collect();
+            let duration = &route.stats.duration;
             json!({
                 "label": &*route.label,
                 "strategy": route.pool.balancer.strategy(),
                 "requests": route.stats.requests(),
+                "server_errors": route.stats.server_errors(),
+                "latency_seconds_average": average_seconds(duration.sum_seconds(), duration.count()),
                 "targets": targets,
             })
         })

@@ -19,6 +19,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Bind(#[from] std::io::Error),
+    #[error("{0}")]
+    Log(String),
 }
 
 /// A running gateway.
@@ -43,9 +45,6 @@ fn warn_unimplemented(config: &Config) {
     if !config.certs.is_empty() || !config.core.https_listen.is_empty() {
         tracing::warn!("[sslCert] and httpsListen are set, but this build serves plain HTTP only");
     }
-    if config.log.write_file || config.log.access_log {
-        tracing::warn!("[log] writeFile and accessLog are set, but this build logs to the console only");
-    }
 }
 
 impl Gateway {
@@ -59,12 +58,19 @@ impl Gateway {
         let config = Arc::new(Config::load(&config_path)?);
         let state = Arc::new(State::new(config.clone()));
         let plane = Arc::new(ControlPlane::default());
+        let access_log = state.prepare_access_log(&config.log).map_err(StartError::Log)?;
+        state.commit_access_log(access_log);
 
-        plane.listeners.reconcile(&state, &wanted_listeners(&config))?;
+        let listeners = plane.listeners.prepare(&wanted_listeners(&config))?;
+        plane.listeners.commit(&state, listeners);
 
         let (controller, reloads, requests) = Controller::new(state.clone(), plane.clone(), config_path.clone());
         if config.admin.enable {
-            let admin = AdminServer::bind(config.admin.listen)?.start(state.clone(), controller.handle());
+            let admin = AdminServer::bind(config.admin.listen)?.start(
+                state.clone(),
+                controller.handle(),
+                Arc::downgrade(&plane),
+            );
             *plane.admin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(admin);
         }
         let controller = tokio::spawn(controller.run(requests));

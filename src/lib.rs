@@ -5,12 +5,14 @@
 //! `ArcSwap` and never takes a lock that a reload takes. State that must survive a
 //! reload lives in [`registry::Registry`] and [`state::State`].
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod exposition;
 pub mod gateway;
 pub mod guard;
 pub mod listener;

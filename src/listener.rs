@@ -76,6 +76,12 @@ pub struct Listeners {
     open: Mutex<HashMap<(SocketAddr, ListenerKind), Handle>>,
 }
 
+/// Listeners bound by [`Listeners::prepare`] and not serving yet.
+pub struct PreparedListeners {
+    wanted: Vec<(SocketAddr, ListenerKind)>,
+    fresh: Vec<(SocketAddr, ListenerKind, TcpListener)>,
+}
+
 /// One open listener, for status reports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ListenerInfo {
@@ -85,13 +91,11 @@ pub struct ListenerInfo {
 }
 
 impl Listeners {
-    /// Opens listeners for new addresses and closes those that are no longer wanted.
+    /// Binds the addresses of `wanted` that are not open yet, without serving them.
     ///
-    /// All new addresses are bound before anything is closed. If one fails to bind, the
-    /// ones bound in this call are dropped and the open set stays as it was.
-    pub fn reconcile(&self, state: &Arc<State>, wanted: &[(SocketAddr, ListenerKind)]) -> io::Result<()> {
-        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-
+    /// If one fails to bind, the ones bound here are dropped and nothing changed.
+    pub fn prepare(&self, wanted: &[(SocketAddr, ListenerKind)]) -> io::Result<PreparedListeners> {
+        let open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut fresh = Vec::new();
         for &(addr, kind) in wanted {
             if open.contains_key(&(addr, kind)) {
@@ -102,9 +106,18 @@ impl Listeners {
             })?;
             fresh.push((addr, kind, listener));
         }
+        Ok(PreparedListeners {
+            wanted: wanted.to_vec(),
+            fresh,
+        })
+    }
 
-        for (addr, kind, listener) in fresh {
-            let bound = listener.local_addr()?;
+    /// Starts serving the listeners `prepared` bound, then stops accepting on those no
+    /// longer wanted, whose connections drain.
+    pub fn commit(&self, state: &Arc<State>, prepared: PreparedListeners) {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (addr, kind, listener) in prepared.fresh {
+            let Ok(bound) = listener.local_addr() else { continue };
             let stop = state.shutdown.child_token();
             let drain = state.shutdown.child_token();
             tracing::info!(address = %bound, %kind, "listening");
@@ -112,7 +125,11 @@ impl Listeners {
             open.insert((addr, kind), Handle { bound, stop, drain });
         }
 
-        let removed: Vec<_> = open.keys().filter(|key| !wanted.contains(key)).copied().collect();
+        let removed: Vec<_> = open
+            .keys()
+            .filter(|key| !prepared.wanted.contains(key))
+            .copied()
+            .collect();
         for key in removed {
             if let Some(handle) = open.remove(&key) {
                 tracing::info!(address = %handle.bound, kind = %key.1, "listener removed; draining its connections");
@@ -120,7 +137,6 @@ impl Listeners {
                 handle.drain.cancel();
             }
         }
-        Ok(())
     }
 
     /// Returns the open listeners in address order.

@@ -83,7 +83,7 @@ fn send_signal(config: &Path, signal: ControlSignal) -> anyhow::Result<()> {
 
 async fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config)?;
-    logging::init(config.log.level);
+    logging::init(&config.log).map_err(anyhow::Error::msg)?;
 
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).context("failed to install signal handlers")?;
     let gateway = Gateway::start(&cli.config).await?;

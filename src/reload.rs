@@ -88,6 +88,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Bind(#[from] std::io::Error),
+    #[error("{0}")]
+    Log(String),
     #[error("reload task failed: {0}")]
     Internal(String),
 }
@@ -452,19 +454,23 @@ impl Controller {
         } else {
             None
         };
-        self.plane
-            .listeners
-            .reconcile(&self.state, &wanted_listeners(&config))?;
+        let listeners = self.plane.listeners.prepare(&wanted_listeners(&config))?;
+        let log_file = logging::prepare(&config.log).map_err(ReloadError::Log)?;
+        let access_log = self.state.prepare_access_log(&config.log).map_err(ReloadError::Log)?;
 
+        // Nothing below can fail: commit everything, the snapshot first so that new
+        // listeners serve it from their first connection.
         self.state.snapshot.store(Arc::new(snapshot));
+        self.plane.listeners.commit(&self.state, listeners);
+        logging::commit(config.log.level, log_file);
+        self.state.commit_access_log(access_log);
         self.state.connections.set_limit(config.core.limit_max_conn);
-        logging::set_level(config.log.level);
         self.state.snapshot.load().prune(&self.state.registry);
         self.files = files;
 
         let mut running = self.plane.admin.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(bound) = admin {
-            *running = Some(bound.start(self.state.clone(), self.reloads.clone()));
+            *running = Some(bound.start(self.state.clone(), self.reloads.clone(), Arc::downgrade(&self.plane)));
         } else if !config.admin.enable {
             *running = None;
         }

@@ -1,19 +1,25 @@
 //! The gateway's shared state: the current snapshot and what outlives it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::access_log::AccessLog;
+use crate::config::{Config, Log};
 use crate::guard::conn_limit::ConnLimiter;
+use crate::logging::Throttle;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::reload::ReloadStatus;
 use crate::snapshot::Snapshot;
 use crate::upstream::{HttpClient, build_client};
+
+/// An access log opened for a reload, or `None` inside to close the open one.
+pub struct PreparedAccessLog(Option<Arc<AccessLog>>);
 
 /// Everything the request path and the control plane share.
 pub struct State {
@@ -29,6 +35,12 @@ pub struct State {
     pub shutdown: CancellationToken,
     /// Written by the reload controller, read by the admin API.
     pub reload_status: Mutex<ReloadStatus>,
+    /// The open access log, or `None` when `accessLog` is off.
+    pub access_log: ArcSwapOption<AccessLog>,
+    /// Lines dropped by access logs that were since replaced by a reload.
+    access_log_dropped_before: AtomicU64,
+    /// Rate limits for warnings that can repeat per request.
+    pub throttle: Throttle,
     pub started_at: SystemTime,
     pub started: Instant,
 }
@@ -49,8 +61,42 @@ impl State {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             reload_status: Mutex::new(ReloadStatus::default()),
+            access_log: ArcSwapOption::empty(),
+            access_log_dropped_before: AtomicU64::new(0),
+            throttle: Throttle::default(),
             started_at: SystemTime::now(),
             started: Instant::now(),
         }
+    }
+
+    /// Opens the access log that `settings` need, without switching to it yet.
+    ///
+    /// Returns `None` when the open access log already matches.
+    pub fn prepare_access_log(&self, settings: &Log) -> Result<Option<PreparedAccessLog>, String> {
+        let current = self.access_log.load();
+        match (current.as_ref(), settings.access_log) {
+            (None, false) => Ok(None),
+            (Some(_), false) => Ok(Some(PreparedAccessLog(None))),
+            (Some(open), true) if open.matches(settings) => Ok(None),
+            (_, true) => Ok(Some(PreparedAccessLog(Some(Arc::new(AccessLog::open(settings)?))))),
+        }
+    }
+
+    /// Switches to a prepared access log; requests already running finish their lines
+    /// in the log they started with.
+    pub fn commit_access_log(&self, prepared: Option<PreparedAccessLog>) {
+        let Some(PreparedAccessLog(next)) = prepared else {
+            return;
+        };
+        if let Some(old) = self.access_log.swap(next) {
+            self.access_log_dropped_before
+                .fetch_add(old.dropped(), Ordering::Relaxed);
+        }
+    }
+
+    /// Returns the access log lines dropped since start because the queue was full.
+    pub fn access_log_dropped(&self) -> u64 {
+        let current = self.access_log.load().as_ref().map_or(0, |log| log.dropped());
+        self.access_log_dropped_before.load(Ordering::Relaxed) + current
     }
 }

@@ -12,8 +12,10 @@ mod upgrade;
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -23,51 +25,154 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::access_log::{AccessLog, Record};
 use crate::balance::{Strategy, hash_ip, hash_key};
 use crate::client_ip::ClientAddr;
 use crate::config::HashKey;
 use crate::connection::Connection;
-use crate::metrics::{Reason, RouteStats};
+use crate::metrics::{Reason, RouteStats, method_index};
 use crate::router::normalize_host;
 use crate::snapshot::{Route, Snapshot};
 use crate::state::State;
+use crate::upstream::Target;
 use body::{ClientBodyError, ResponseBody, UpstreamRequestBody, find_client_body_error};
 use error::ProxyError;
 
 /// One request from receipt to the end of its response. Dropping it does the
-/// accounting, so a request abandoned half-way is counted too.
+/// accounting, so a request abandoned half-way is counted and logged too.
 pub struct Exchange {
     state: Arc<State>,
     conn: Arc<Connection>,
     started: Instant,
+    method: usize,
     route: Option<Arc<RouteStats>>,
+    /// Response status; 0 while none was produced (logged as 499, as nginx does when
+    /// the client goes away first).
     status: u16,
+    bytes_sent: u64,
+    /// Present only while the access log is on, so requests without it allocate nothing.
+    log: Option<Box<PendingLine>>,
+}
+
+/// What the access log line needs beyond the counters.
+struct PendingLine {
+    log: Arc<AccessLog>,
+    time: SystemTime,
+    client: IpAddr,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    host: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    route: Option<Box<str>>,
+    upstream: Option<Box<str>>,
+    upstream_status: Option<u16>,
 }
 
 impl Exchange {
-    fn start(state: Arc<State>, conn: Arc<Connection>, http2: bool) -> Exchange {
+    fn start(state: Arc<State>, conn: Arc<Connection>, request: &Request<Incoming>) -> Exchange {
         state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         state.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
-        conn.request_started(http2);
+        conn.request_started(request.version() == Version::HTTP_2);
+
+        let log = state.access_log.load_full().map(|log| {
+            Box::new(PendingLine {
+                log,
+                time: SystemTime::now(),
+                client: conn.peer.ip(),
+                method: request.method().clone(),
+                uri: request.uri().clone(),
+                version: request.version(),
+                host: request.headers().get(header::HOST).cloned(),
+                referer: request.headers().get(header::REFERER).cloned(),
+                user_agent: request.headers().get(header::USER_AGENT).cloned(),
+                route: None,
+                upstream: None,
+                upstream_status: None,
+            })
+        });
         Exchange {
+            method: method_index(request.method()),
             state,
             conn,
             started: Instant::now(),
             route: None,
             status: 0,
+            bytes_sent: 0,
+            log,
         }
     }
 
     /// Ends the exchange once its response body ended or was abandoned.
-    pub(crate) fn finish(self, _bytes_sent: u64, _aborted: bool) {}
+    pub(crate) fn finish(mut self, bytes_sent: u64, _aborted: bool) {
+        self.bytes_sent = bytes_sent;
+    }
+
+    fn set_route(&mut self, route: &Route) {
+        self.route = Some(route.stats.clone());
+        if let Some(line) = &mut self.log {
+            line.route = Some(route.label.clone());
+        }
+    }
+
+    fn set_client(&mut self, client: IpAddr) {
+        if let Some(line) = &mut self.log {
+            line.client = client;
+        }
+    }
+
+    fn set_upstream(&mut self, target: &Target, status: Option<u16>) {
+        if let Some(line) = &mut self.log {
+            line.upstream = Some(target.authority.as_str().into());
+            line.upstream_status = status;
+        }
+    }
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        let duration = self.started.elapsed();
         self.state.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.conn.request_finished();
-        if let Some(route) = &self.route {
-            route.record(self.status, self.started.elapsed());
+
+        let status = if self.status == 0 { 499 } else { self.status };
+        match &self.route {
+            Some(route) => route.record(status, self.method, duration),
+            None => self.state.metrics.unrouted.record(status, self.method, duration),
+        }
+
+        if let Some(line) = self.log.take() {
+            let PendingLine {
+                log,
+                time,
+                client,
+                method,
+                uri,
+                version,
+                host,
+                referer,
+                user_agent,
+                route,
+                upstream,
+                upstream_status,
+            } = *line;
+            log.write(&Record {
+                time,
+                client,
+                method,
+                uri,
+                version,
+                host,
+                referer,
+                user_agent,
+                route,
+                status,
+                bytes_sent: self.bytes_sent,
+                upstream,
+                upstream_status,
+                duration,
+            });
         }
     }
 }
@@ -79,13 +184,13 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let snapshot = state.snapshot.load_full();
-    let mut exchange = Exchange::start(state.clone(), conn.clone(), request.version() == Version::HTTP_2);
+    let mut exchange = Exchange::start(state.clone(), conn.clone(), &request);
 
     let mut response = match forward(&state, &snapshot, &conn, request, &mut exchange).await {
         Ok(response) => response,
         Err(error) => {
             state.metrics.reject(error.reason());
-            log_error(&conn, &error);
+            log_error(&state, &conn, &error);
             error.to_response()
         }
     };
@@ -94,11 +199,19 @@ pub async fn handle(
     Ok(response)
 }
 
-fn log_error(conn: &Connection, error: &ProxyError) {
+/// Logs a request the gateway answered itself. Upstream failures are warnings, client
+/// faults are informational; both are throttled per reason, since a broken upstream or
+/// a flood repeats them for every request.
+fn log_error(state: &State, conn: &Connection, error: &ProxyError) {
+    let reason = error.reason();
+    let Some(suppressed) = state.throttle.allow(reason) else {
+        return;
+    };
+    let status = error.status().as_u16();
     if error.is_upstream() {
-        tracing::warn!(client = %conn.peer.ip(), error = %error, "responded {}", error.status().as_u16());
+        tracing::warn!(client = %conn.peer.ip(), reason = reason.as_str(), suppressed, error = %error, "responded {status}");
     } else {
-        tracing::info!(client = %conn.peer.ip(), error = %error, "responded {}", error.status().as_u16());
+        tracing::info!(client = %conn.peer.ip(), reason = reason.as_str(), suppressed, error = %error, "responded {status}");
     }
 }
 
@@ -154,7 +267,7 @@ fn balance_key(route: &Route, client: &ClientAddr, host: &str, parts: &Parts) ->
 
 /// Builds the upstream URI: the target's authority, its path prefix and the request's
 /// path and query.
-fn upstream_uri(target: &crate::upstream::Target, original: &Uri) -> Result<Uri, http::Error> {
+fn upstream_uri(target: &Target, original: &Uri) -> Result<Uri, http::Error> {
     let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
     let path_and_query = if target.path_prefix.is_empty() || path_and_query == "*" {
         match original.path_and_query() {
@@ -223,10 +336,11 @@ async fn forward(
     if client.malformed {
         state.metrics.reject(Reason::MalformedForwarded);
     }
+    exchange.set_client(client.ip);
 
     let index = snapshot.router.route(host.as_str()).ok_or(ProxyError::NoRoute)?;
     let route = &snapshot.routes[index];
-    exchange.route = Some(route.stats.clone());
+    exchange.set_route(route);
 
     if route.redirect_https && !conn.tls {
         return Ok(redirect_to_https(host.as_str(), snapshot.https_port, request.uri()));
@@ -257,7 +371,7 @@ async fn forward(
     };
     let deadline = snapshot.timeouts.write.map(|limit| received + limit);
 
-    let mut response = send(state, route, parts, body, key, deadline).await?;
+    let mut response = send(state, route, parts, body, key, deadline, exchange).await?;
 
     if let Some(client_upgrade) = client_upgrade {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -292,6 +406,7 @@ async fn send(
     body: UpstreamRequestBody,
     key: u64,
     deadline: Option<Instant>,
+    exchange: &mut Exchange,
 ) -> Result<Response<Incoming>, ProxyError> {
     let pool = &route.pool;
     let replayable = body.is_end_stream() && !parts.headers.contains_key(header::UPGRADE);
@@ -307,11 +422,13 @@ async fn send(
         let index = pool.pick(key, excluded).ok_or(ProxyError::NoHealthyTarget)?;
         let target = &pool.targets[index];
         target.stats.requests.fetch_add(1, Ordering::Relaxed);
+        exchange.set_upstream(target, None);
 
         let uri = upstream_uri(target, &parts.uri).map_err(|_| ProxyError::InvalidHost)?;
         let mut request = Request::from_parts(parts, body);
         *request.uri_mut() = uri;
 
+        let sent_at = Instant::now();
         let sent = state.client.request(request);
         let result = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, sent).await,
@@ -321,6 +438,8 @@ async fn send(
         let error = match result {
             Ok(Ok(response)) => {
                 target.health.record_success();
+                target.stats.record_response(sent_at.elapsed());
+                exchange.set_upstream(target, Some(response.status().as_u16()));
                 return Ok(response);
             }
             Err(_elapsed) => {
@@ -380,7 +499,7 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::{Target, TargetHealth};
+    use crate::upstream::TargetHealth;
 
     fn target(prefix: &str) -> Target {
         Target {

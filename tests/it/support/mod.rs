@@ -4,6 +4,6 @@ pub mod client;
 pub mod gateway;
 pub mod upstream;
 
-pub use client::{get, pooled, raw, read_response};
+pub use client::{RawResponse, get, pooled, raw, read_response};
 pub use gateway::{TestGateway, config};
 pub use upstream::{SilentUpstream, Upstream, closed_addr};
