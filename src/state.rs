@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::guard::Guards;
 use crate::guard::conn_limit::ConnLimiter;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -22,6 +23,8 @@ pub struct State {
     pub client: HttpClient,
     pub metrics: Metrics,
     pub connections: Arc<ConnLimiter>,
+    /// CC defence and limitReq state; kept across reloads.
+    pub guards: Guards,
     /// Every connection and upgrade task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Cancelled when the process stops: listeners stop and connections drain.
@@ -43,6 +46,7 @@ impl State {
             client: build_client(),
             metrics: Metrics::default(),
             connections,
+            guards: Guards::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             started_at: SystemTime::now(),

@@ -12,6 +12,7 @@ mod upgrade;
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -42,6 +43,8 @@ pub struct Exchange {
     started: Instant,
     route: Option<Arc<RouteStats>>,
     status: u16,
+    /// The resolved client IP; the peer's until it is resolved.
+    client: IpAddr,
 }
 
 impl Exchange {
@@ -49,12 +52,14 @@ impl Exchange {
         state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         state.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
         conn.request_started(http2);
+        let client = conn.peer.ip();
         Exchange {
             state,
             conn,
             started: Instant::now(),
             route: None,
             status: 0,
+            client,
         }
     }
 
@@ -85,7 +90,7 @@ pub async fn handle(
         Ok(response) => response,
         Err(error) => {
             state.metrics.reject(error.reason());
-            log_error(&conn, &error);
+            log_error(&conn, exchange.client, &error);
             error.to_response()
         }
     };
@@ -94,11 +99,15 @@ pub async fn handle(
     Ok(response)
 }
 
-fn log_error(conn: &Connection, error: &ProxyError) {
+fn log_error(conn: &Connection, client: IpAddr, error: &ProxyError) {
+    let status = error.status().as_u16();
+    let reason = error.reason().as_str();
     if error.is_upstream() {
-        tracing::warn!(client = %conn.peer.ip(), error = %error, "responded {}", error.status().as_u16());
+        tracing::warn!(%client, peer = %conn.peer, reason, error = %error, "responded {status}");
+    } else if error.is_guard() {
+        tracing::debug!(%client, peer = %conn.peer, reason, error = %error, "responded {status}");
     } else {
-        tracing::info!(client = %conn.peer.ip(), error = %error, "responded {}", error.status().as_u16());
+        tracing::info!(%client, peer = %conn.peer, reason, error = %error, "responded {status}");
     }
 }
 
@@ -220,9 +229,15 @@ async fn forward(
         .map_err(|_| ProxyError::InvalidHost)?;
 
     let client = snapshot.client_ip.resolve(conn.peer.ip(), request.headers());
+    exchange.client = client.ip;
     if client.malformed {
         state.metrics.reject(Reason::MalformedForwarded);
+        tracing::debug!(client = %client.ip, "malformed forwarding header from a trusted proxy; using the peer address");
     }
+
+    state
+        .guards
+        .check(&snapshot.guards, client.ip, host.as_str(), request.uri())?;
 
     let index = snapshot.router.route(host.as_str()).ok_or(ProxyError::NoRoute)?;
     let route = &snapshot.routes[index];
