@@ -6,5 +6,6 @@ mod admin;
 mod balancing;
 mod cli;
 mod forwarding;
+mod guards;
 mod routing;
 mod timeouts;
