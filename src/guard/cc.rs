@@ -15,11 +15,15 @@
 //! - blackList addresses get 403 without being counted; whiteList addresses are neither
 //!   counted nor banned. blackList wins when an address is in both.
 //!
+//! NOTE: the table evicts its least recently used entries when full, banned or not, so
+//! a flood of more than `maxEntries` new addresses can end older bans early.
+//!
 //! Windows and bans live in [`CcState`], outside the snapshot, so they survive reloads.
 //! The settings come from each request's snapshot, so changed settings apply to the next
 //! request.
 
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::Rejection;
@@ -94,6 +98,39 @@ enum Outcome {
 #[derive(Default)]
 pub struct CcState {
     table: Table<CcEntry>,
+    /// Limits ban log lines, because a flood from many addresses starts many bans.
+    ban_log: LogLimiter,
+}
+
+/// Admits [`LOG_LINES_PER_SECOND`] log lines per second and counts the rest. Threads
+/// that race at the start of a second can let a few more lines through.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    /// The clock second the count belongs to.
+    second: AtomicU64,
+    lines: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+/// Ban log lines written per second; later bans in that second are counted, and the
+/// count is reported with the next line written.
+const LOG_LINES_PER_SECOND: u64 = 10;
+
+impl LogLimiter {
+    /// Returns `Some(suppressed)` when a line may be written, with the number of lines
+    /// suppressed since the last one, or `None` when this line must be suppressed.
+    fn admit(&self, now_ms: u64) -> Option<u64> {
+        let second = now_ms / 1000;
+        if self.second.swap(second, Ordering::Relaxed) != second {
+            self.lines.store(0, Ordering::Relaxed);
+        }
+        if self.lines.fetch_add(1, Ordering::Relaxed) < LOG_LINES_PER_SECOND {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// Returns the table key of an IP: its IPv6 form, with IPv4 mapped into `::ffff:0:0/96`.
@@ -147,13 +184,16 @@ impl CcState {
             Outcome::Counted => Ok(()),
             Outcome::Banned => Err(Rejection::Banned),
             Outcome::BanStarted { requests } => {
-                tracing::warn!(
-                    client = %canonical_ip(ip),
-                    reason = "cc_defense",
-                    "client banned for {} s: {requests} requests within {window_ms} ms, more than the {} allowed",
-                    settings.ban_ms / 1000,
-                    settings.count,
-                );
+                if let Some(suppressed) = self.ban_log.admit(now) {
+                    tracing::warn!(
+                        client = %canonical_ip(ip),
+                        reason = "cc_defense",
+                        suppressed,
+                        "client banned for {} s: {requests} requests within {window_ms} ms, more than the {} allowed",
+                        settings.ban_ms / 1000,
+                        settings.count,
+                    );
+                }
                 Err(Rejection::Banned)
             }
         }
@@ -312,6 +352,19 @@ mod tests {
         assert!(!cc.unban(ip("127.0.0.9")), "an IP that was not banned");
         assert!(cc.bans().is_empty());
         assert_eq!(cc.check(&settings, ip("2001:db8::1"), now), Ok(()));
+    }
+
+    #[test]
+    fn ban_log_lines_are_limited_per_second() {
+        let limiter = LogLimiter::default();
+        let admitted = (0..25).filter(|_| limiter.admit(5_000).is_some()).count();
+        assert_eq!(admitted as u64, LOG_LINES_PER_SECOND);
+        assert_eq!(
+            limiter.admit(6_000),
+            Some(15),
+            "the next second reports what was suppressed"
+        );
+        assert_eq!(limiter.admit(6_001), Some(0));
     }
 
     #[test]
