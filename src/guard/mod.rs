@@ -13,6 +13,7 @@ pub mod ip_list;
 pub mod limit_req;
 mod table;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -98,7 +99,7 @@ impl Guards {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GuardStatus {
     /// Rejected requests and connections by reason label, every reason listed.
-    pub rejections: Vec<(&'static str, u64)>,
+    pub rejections: BTreeMap<&'static str, u64>,
     pub bans: Vec<Ban>,
     /// Client IPs tracked by CC defence.
     pub cc_entries: usize,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use minigateway::Config;
+use minigateway::guard;
 use minigateway::metrics::Reason;
 use minigateway::snapshot::Snapshot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -198,8 +199,12 @@ async fn rotating_forged_forwarded_for_still_banned() {
         statuses[50..].iter().all(|&status| status == 403),
         "every later request is banned"
     );
-    let bans: Vec<IpAddr> = gw.gateway.state().guards.bans().iter().map(|ban| ban.ip).collect();
+    let state = gw.gateway.state();
+    let status = guard::status(&state.guards, &state.connections, &state.metrics);
+    let bans: Vec<IpAddr> = status.bans.iter().map(|ban| ban.ip).collect();
     assert_eq!(bans, [ip("127.0.0.1")], "the ban is on the peer address");
+    assert_eq!(status.rejections["banned"], 250);
+    assert_eq!(status.cc_entries, 1, "one client is tracked");
     assert_eq!(upstream.request_count(), 50);
 }
 
