@@ -197,7 +197,10 @@ async fn route(context: &Context, request: Request<Incoming>) -> Response<Full<B
                 json!({"error": "the gateway is stopping"}),
             ),
         },
-        (_, "/api_status/reqcount" | "/status" | "/config" | "/metrics" | "/reload") => method_not_allowed(),
+        (&Method::GET, "/bans") => json_response(StatusCode::OK, bans(state)),
+        (&Method::DELETE, path) if path.starts_with("/bans/") => unban(state, &path["/bans/".len()..]),
+        (_, "/api_status/reqcount" | "/status" | "/config" | "/metrics" | "/reload" | "/bans") => method_not_allowed(),
+        (_, path) if path.starts_with("/bans/") => method_not_allowed(),
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
     }
 }
@@ -284,6 +287,48 @@ fn effective_config(state: &State, listeners: &[ListenerInfo]) -> Value {
     })
 }
 
+/// Builds the `/bans` document: current CC bans, soonest expiry first, and the static
+/// black list, whose addresses always get 403.
+fn bans(state: &State) -> Value {
+    let bans: Vec<Value> = state
+        .guards
+        .bans()
+        .iter()
+        .map(|ban| {
+            json!({
+                "ip": ban.ip,
+                "remaining_seconds": ban.remaining.as_secs_f64(),
+                "expires_unix": ban.expires_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            })
+        })
+        .collect();
+    let snapshot = state.snapshot.load();
+    let black_list: Vec<String> = snapshot
+        .config
+        .cc_defense
+        .black_list
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    json!({"bans": bans, "black_list": black_list})
+}
+
+/// Handles `DELETE /bans/{ip}`: lifts a CC ban.
+fn unban(state: &State, text: &str) -> Response<Full<Bytes>> {
+    let Ok(ip) = text.parse::<std::net::IpAddr>() else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("`{text}` is not an IP address")}),
+        );
+    };
+    let ip = crate::client_ip::canonical_ip(ip);
+    if state.guards.unban(ip) {
+        json_response(StatusCode::OK, json!({"ip": ip, "unbanned": true}))
+    } else {
+        json_response(StatusCode::NOT_FOUND, json!({"error": format!("{ip} is not banned")}))
+    }
+}
+
 /// Returns a mean in seconds, 0 when nothing was measured.
 fn average_seconds(total_seconds: f64, count: u64) -> f64 {
     if count == 0 { 0.0 } else { total_seconds / count as f64 }
@@ -353,6 +398,12 @@ fn status(state: &State) -> Value {
         "in_flight": state.metrics.in_flight.load(Ordering::Relaxed).max(0),
         "requests_total": state.metrics.requests_total.load(Ordering::Relaxed),
         "rejections": rejections,
+        "guards": {
+            "bans": state.guards.bans().len(),
+            "cc_entries": state.guards.cc.len(),
+            "limit_req_entries": state.guards.limit_req.len(),
+            "idle_connections_closed": state.connections.idle_closed(),
+        },
         "routes": routes,
     })
 }

@@ -55,6 +55,9 @@ pub struct Connection {
     since: AtomicU64,
     in_flight: AtomicU32,
     http2: AtomicBool,
+    /// Cancelled to ask the connection to finish its requests and close, such as when
+    /// limitMaxConn needs room for a new connection.
+    close: CancellationToken,
 }
 
 /// The deadline that a connection's check found expired.
@@ -78,6 +81,7 @@ impl Connection {
             since: AtomicU64::new(clock::now_ms()),
             in_flight: AtomicU32::new(0),
             http2: AtomicBool::new(false),
+            close: CancellationToken::new(),
         }
     }
 
@@ -111,6 +115,22 @@ impl Connection {
 
     pub fn is_idle(&self) -> bool {
         self.phase.load(Ordering::Acquire) == PHASE_IDLE
+    }
+
+    /// Returns the clock time an idle connection became idle, or `None` when it is
+    /// busy or already asked to close.
+    pub fn idle_since(&self) -> Option<u64> {
+        let since = self.since.load(Ordering::Relaxed);
+        (self.is_idle() && !self.close.is_cancelled()).then_some(since)
+    }
+
+    /// Asks the connection to finish its in-flight requests and close.
+    pub fn request_close(&self) {
+        self.close.cancel();
+    }
+
+    pub fn close_requested(&self) -> bool {
+        self.close.is_cancelled()
     }
 
     /// Returns when to check next, and what expires then.
@@ -274,6 +294,11 @@ where
             () = drain.cancelled(), if close_by.is_none() => {
                 connection.as_mut().graceful_shutdown();
                 close_by = Some(tokio::time::Instant::now() + drain_limit);
+            }
+            () = conn.close.cancelled(), if close_by.is_none() => {
+                tracing::debug!(peer = %conn.peer, "closing an idle connection to make room under limitMaxConn");
+                connection.as_mut().graceful_shutdown();
+                close_by = Some(tokio::time::Instant::now() + WRITE_GRACE);
             }
         }
     }

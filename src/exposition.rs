@@ -205,6 +205,11 @@ impl Collector for GatewayCollector {
                 metrics.tls_handshake_failures.load(Ordering::Relaxed),
             ),
             (
+                "idle_connections_closed",
+                "Idle keep-alive connections closed to make room at limitMaxConn.",
+                state.connections.idle_closed(),
+            ),
+            (
                 "access_log_dropped_lines",
                 "Access log lines dropped because the writer's queue was full.",
                 state.access_log_dropped(),
@@ -246,6 +251,16 @@ impl Collector for GatewayCollector {
                 "in_flight_requests",
                 "Requests received and not yet answered in full.",
                 metrics.in_flight.load(Ordering::Relaxed).max(0),
+            ),
+            (
+                "bans",
+                "Client IPs banned by CC defence now.",
+                state.guards.bans().len() as i64,
+            ),
+            (
+                "guard_entries",
+                "Keys tracked by CC defence and limitReq together.",
+                (state.guards.cc.len() + state.guards.limit_req.len()) as i64,
             ),
             (
                 "config_generation",

@@ -36,12 +36,6 @@ pub struct Gateway {
 /// enforce yet, so none of them is ignored silently.
 fn warn_unimplemented(config: &Config) {
     // NOTE: each of these warnings goes away when its feature lands.
-    if config.cc_defense.enable {
-        tracing::warn!("[ccDefense] is enabled, but CC defence is not enforced by this build");
-    }
-    if config.limit_req.enable {
-        tracing::warn!("[limitReq] is enabled, but request limits are not enforced by this build");
-    }
     if !config.certs.is_empty() || !config.core.https_listen.is_empty() {
         tracing::warn!("[sslCert] and httpsListen are set, but this build serves plain HTTP only");
     }
@@ -76,6 +70,7 @@ impl Gateway {
         let controller = tokio::spawn(controller.run(requests));
 
         warn_unimplemented(&config);
+        crate::guard::warn_ineffective(&config);
         tracing::info!(
             config = %config_path.display(),
             routes = config.routes.len(),

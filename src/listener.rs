@@ -177,6 +177,16 @@ fn reject_over_limit(stream: TcpStream, kind: ListenerKind) {
         let _ = stream.try_write(OVER_LIMIT_RESPONSE);
     }
     let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+
+    // Closing a socket with unread bytes sends a reset, which can destroy the 503 before
+    // the client reads it, so discard what already arrived (without waiting for more).
+    let mut discard = [0u8; 4096];
+    for _ in 0..4 {
+        match stream.try_read(&mut discard) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
 }
 
 async fn accept_loop(
@@ -204,9 +214,13 @@ async fn accept_loop(
             }
         };
 
-        let Some(slot) = state.connections.try_acquire() else {
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| listener.local_addr().expect("listener has an address"));
+        let conn = Arc::new(Connection::new(peer, local, kind == ListenerKind::Https));
+        let Some(slot) = state.connections.try_acquire(&conn) else {
             state.metrics.reject(Reason::ConnectionLimit);
-            tracing::debug!(client = %peer.ip(), "connection rejected: limitMaxConn reached");
+            tracing::debug!(client = %peer.ip(), "connection rejected: limitMaxConn reached and no connection is idle");
             reject_over_limit(stream, kind);
             continue;
         };
@@ -216,10 +230,6 @@ async fn accept_loop(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
         let _ = stream.set_nodelay(true);
-        let local = stream
-            .local_addr()
-            .unwrap_or_else(|_| listener.local_addr().expect("listener has an address"));
-        let conn = Arc::new(Connection::new(peer, local, kind == ListenerKind::Https));
         let io = TrackedIo::new(stream, conn, slot);
         match kind {
             ListenerKind::Http => {

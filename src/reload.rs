@@ -465,6 +465,7 @@ impl Controller {
         logging::commit(config.log.level, log_file);
         self.state.commit_access_log(access_log);
         self.state.connections.set_limit(config.core.limit_max_conn);
+        crate::guard::warn_ineffective(&config);
         self.state.snapshot.load().prune(&self.state.registry);
         self.files = files;
 

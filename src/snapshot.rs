@@ -13,6 +13,7 @@ use hyper_util::server::conn::auto;
 use crate::balance::Balancer;
 use crate::client_ip::ClientIpPolicy;
 use crate::config::{Config, HashKey};
+use crate::guard::GuardSettings;
 use crate::metrics::RouteStats;
 use crate::registry::{Registry, target_key};
 use crate::router::Router;
@@ -46,6 +47,7 @@ pub struct Snapshot {
     pub router: Router,
     pub routes: Box<[Route]>,
     pub client_ip: ClientIpPolicy,
+    pub guards: GuardSettings,
     pub timeouts: Timeouts,
     pub max_body_bytes: Option<u64>,
     /// Port for `redirectHttps` locations; `None` when it is 443 and can be left out.
@@ -141,6 +143,7 @@ impl Snapshot {
             router,
             routes,
             client_ip: ClientIpPolicy::new(config.core.ip_forwardeds.clone(), config.core.trusted_proxies.clone()),
+            guards: GuardSettings::from_config(&config),
             timeouts: Timeouts {
                 read: config.core.read_timeout,
                 write: config.core.write_timeout,

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
 use crate::config::{Config, Log};
+use crate::guard::Guards;
 use crate::guard::conn_limit::ConnLimiter;
 use crate::logging::Throttle;
 use crate::metrics::Metrics;
@@ -29,6 +30,8 @@ pub struct State {
     pub client: HttpClient,
     pub metrics: Metrics,
     pub connections: Arc<ConnLimiter>,
+    /// CC defence and limitReq state; kept across reloads.
+    pub guards: Guards,
     /// Every connection and upgrade task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Cancelled when the process stops: listeners stop and connections drain.
@@ -58,6 +61,7 @@ impl State {
             client: build_client(),
             metrics: Metrics::default(),
             connections,
+            guards: Guards::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             reload_status: Mutex::new(ReloadStatus::default()),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::ResponseBody;
+use crate::guard::Rejection;
 use crate::metrics::Reason;
 
 static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
@@ -52,6 +53,16 @@ pub enum ProxyError {
     },
 }
 
+impl From<Rejection> for ProxyError {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::Blacklisted => ProxyError::Blacklisted,
+            Rejection::Banned => ProxyError::Banned,
+            Rejection::RateLimited { retry_after } => ProxyError::RateLimited { retry_after },
+        }
+    }
+}
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -85,6 +96,15 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => Reason::UpstreamTimeout,
             ProxyError::UpstreamFailed { .. } => Reason::UpstreamError,
         }
+    }
+
+    /// Returns whether a guard rejected the request. Such rejections can come in floods,
+    /// so they are logged at debug level and counted.
+    pub fn is_guard(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Blacklisted | ProxyError::Banned | ProxyError::RateLimited { .. }
+        )
     }
 
     /// Returns whether the upstream was at fault, as opposed to the client.

@@ -50,6 +50,8 @@ pub struct Exchange {
     /// the client goes away first).
     status: u16,
     bytes_sent: u64,
+    /// The resolved client IP; the peer's until it is resolved.
+    client: IpAddr,
     /// Present only while the access log is on, so requests without it allocate nothing.
     log: Option<Box<PendingLine>>,
 }
@@ -58,7 +60,6 @@ pub struct Exchange {
 struct PendingLine {
     log: Arc<AccessLog>,
     time: SystemTime,
-    client: IpAddr,
     method: Method,
     uri: Uri,
     version: Version,
@@ -75,12 +76,12 @@ impl Exchange {
         state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         state.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
         conn.request_started(request.version() == Version::HTTP_2);
+        let client = conn.peer.ip();
 
         let log = state.access_log.load_full().map(|log| {
             Box::new(PendingLine {
                 log,
                 time: SystemTime::now(),
-                client: conn.peer.ip(),
                 method: request.method().clone(),
                 uri: request.uri().clone(),
                 version: request.version(),
@@ -100,6 +101,7 @@ impl Exchange {
             route: None,
             status: 0,
             bytes_sent: 0,
+            client,
             log,
         }
     }
@@ -113,12 +115,6 @@ impl Exchange {
         self.route = Some(route.stats.clone());
         if let Some(line) = &mut self.log {
             line.route = Some(route.label.clone());
-        }
-    }
-
-    fn set_client(&mut self, client: IpAddr) {
-        if let Some(line) = &mut self.log {
-            line.client = client;
         }
     }
 
@@ -146,7 +142,6 @@ impl Drop for Exchange {
             let PendingLine {
                 log,
                 time,
-                client,
                 method,
                 uri,
                 version,
@@ -159,7 +154,7 @@ impl Drop for Exchange {
             } = *line;
             log.write(&Record {
                 time,
-                client,
+                client: self.client,
                 method,
                 uri,
                 version,
@@ -190,7 +185,7 @@ pub async fn handle(
         Ok(response) => response,
         Err(error) => {
             state.metrics.reject(error.reason());
-            log_error(&state, &conn, &error);
+            log_error(&state, &conn, exchange.client, &error);
             error.to_response()
         }
     };
@@ -199,19 +194,22 @@ pub async fn handle(
     Ok(response)
 }
 
-/// Logs a request the gateway answered itself. Upstream failures are warnings, client
-/// faults are informational; both are throttled per reason, since a broken upstream or
-/// a flood repeats them for every request.
-fn log_error(state: &State, conn: &Connection, error: &ProxyError) {
+/// Logs a request the gateway answered itself: upstream failures as warnings, guard
+/// rejections at debug level, other client faults as information. Each reason is
+/// throttled, since a broken upstream or a flood repeats it for every request.
+fn log_error(state: &State, conn: &Connection, client: IpAddr, error: &ProxyError) {
     let reason = error.reason();
     let Some(suppressed) = state.throttle.allow(reason) else {
         return;
     };
     let status = error.status().as_u16();
+    let reason = reason.as_str();
     if error.is_upstream() {
-        tracing::warn!(client = %conn.peer.ip(), reason = reason.as_str(), suppressed, error = %error, "responded {status}");
+        tracing::warn!(%client, peer = %conn.peer, reason, suppressed, error = %error, "responded {status}");
+    } else if error.is_guard() {
+        tracing::debug!(%client, peer = %conn.peer, reason, suppressed, error = %error, "responded {status}");
     } else {
-        tracing::info!(client = %conn.peer.ip(), reason = reason.as_str(), suppressed, error = %error, "responded {status}");
+        tracing::info!(%client, peer = %conn.peer, reason, suppressed, error = %error, "responded {status}");
     }
 }
 
@@ -333,10 +331,15 @@ async fn forward(
         .map_err(|_| ProxyError::InvalidHost)?;
 
     let client = snapshot.client_ip.resolve(conn.peer.ip(), request.headers());
+    exchange.client = client.ip;
     if client.malformed {
         state.metrics.reject(Reason::MalformedForwarded);
+        tracing::debug!(client = %client.ip, "malformed forwarding header from a trusted proxy; using the peer address");
     }
-    exchange.set_client(client.ip);
+
+    state
+        .guards
+        .check(&snapshot.guards, client.ip, host.as_str(), request.uri())?;
 
     let index = snapshot.router.route(host.as_str()).ok_or(ProxyError::NoRoute)?;
     let route = &snapshot.routes[index];

@@ -50,11 +50,12 @@ async fn reqcount_has_mingateway_shape_and_counts_in_flight() {
     assert_eq!(json(&after)["body"]["count"], 0);
 }
 
-const ENDPOINTS: [(&str, &str); 5] = [
+const ENDPOINTS: [(&str, &str); 6] = [
     ("GET", "/api_status/reqcount"),
     ("GET", "/status"),
     ("GET", "/config"),
     ("GET", "/metrics"),
+    ("GET", "/bans"),
     ("POST", "/reload"),
 ];
 

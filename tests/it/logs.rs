@@ -182,9 +182,21 @@ async fn gateway_log_rotates_with_retention() {
     let lines = wait_for_lines(&newest, 3).await;
     let text = lines.join("\n");
     assert!(text.contains("gateway started"), "{text}");
+    // Every 502 is either written or counted as held back by the next written line; a
+    // slow machine may spread the burst over more than one throttle interval.
+    let suppressed = Regex::new(r"suppressed=(\d+)").unwrap();
     let warnings: Vec<&String> = lines.iter().filter(|line| line.contains("upstream_connect")).collect();
-    assert_eq!(warnings.len(), 2, "{text}");
-    assert!(warnings[1].contains("suppressed=19"), "{}", warnings[1]);
+    let accounted: u64 = warnings
+        .iter()
+        .map(|line| 1 + suppressed.captures(line).map_or(0, |c| c[1].parse::<u64>().unwrap()))
+        .sum();
+    assert_eq!(accounted, 21, "{text}");
+    assert!(
+        warnings.len() <= 5,
+        "{} warning lines for 21 failures: {text}",
+        warnings.len()
+    );
+    assert!(warnings.last().unwrap().contains("suppressed="), "{text}");
 
     let target = std::fs::read_link(&newest).unwrap();
     let current = target.file_name().unwrap().to_string_lossy().into_owned();

@@ -6,6 +6,7 @@ mod admin;
 mod balancing;
 mod cli;
 mod forwarding;
+mod guards;
 mod logs;
 mod reload;
 mod routing;

@@ -1,7 +1,7 @@
 //! Test clients: a raw HTTP/1.1 client for exact bytes on the wire, and a pooled hyper
 //! client for load.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,7 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// A parsed HTTP/1.1 response.
 #[derive(Debug)]
@@ -140,4 +140,20 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> RawResponse {
 /// Builds a pooled keep-alive client.
 pub fn pooled() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Connects to `addr` from the loopback address `source`, such as 127.0.0.65, so one
+/// test process can act as many clients.
+pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
+/// Sends one request on an open connection and reads its response.
+pub async fn send(stream: &mut TcpStream, buffer: &mut Vec<u8>, request: &str) -> Option<RawResponse> {
+    stream.write_all(request.as_bytes()).await.ok()?;
+    tokio::time::timeout(Duration::from_secs(30), read_response(stream, buffer))
+        .await
+        .ok()?
 }

@@ -2,8 +2,9 @@
 
 pub mod client;
 pub mod gateway;
+pub mod logs;
 pub mod upstream;
 
-pub use client::{RawResponse, get, pooled, raw, read_response};
+pub use client::{RawResponse, connect_from, get, pooled, raw, read_response, send};
 pub use gateway::{TestGateway, config};
 pub use upstream::{SilentUpstream, Upstream, closed_addr};
