@@ -105,7 +105,13 @@ async fn sigterm_finishes_in_flight_request_and_exits_zero() {
         .unwrap();
     let mut running = Running { child };
     wait_listening(http).await;
-    assert!(dir.path().join("logs/minigateway.pid").exists(), "pid file missing");
+    // The pid file is written after the listeners are bound, so it may lag a little.
+    let pid_file = dir.path().join("logs/minigateway.pid");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pid_file.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pid_file.exists(), "pid file missing");
 
     let slow = tokio::spawn(async move { get(http, "app.test", "/slow/1500").await });
     tokio::time::sleep(Duration::from_millis(400)).await;
