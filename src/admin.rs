@@ -199,6 +199,7 @@ fn status(state: &State) -> Value {
         .map(|(reason, count)| (reason.as_str().to_owned(), json!(count)))
         .collect();
 
+    let (certificates, tls) = crate::tls::status(state);
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
@@ -212,5 +213,7 @@ fn status(state: &State) -> Value {
         "requests_total": state.metrics.requests_total.load(Ordering::Relaxed),
         "rejections": rejections,
         "routes": routes,
+        "certificates": certificates,
+        "tls": tls,
     })
 }

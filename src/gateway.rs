@@ -11,6 +11,7 @@ use crate::config::{Config, ConfigError};
 use crate::listener::{ListenerInfo, ListenerKind};
 use crate::reload::{ControlPlane, Controller, ReloadHandle, ReloadOutcome, Trigger, wanted_listeners};
 use crate::state::State;
+use crate::tls::{self, TlsError};
 
 /// Errors that stop a gateway from starting.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Bind(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A running gateway.
@@ -40,9 +43,6 @@ fn warn_unimplemented(config: &Config) {
     if config.limit_req.enable {
         tracing::warn!("[limitReq] is enabled, but request limits are not enforced by this build");
     }
-    if !config.certs.is_empty() || !config.core.https_listen.is_empty() {
-        tracing::warn!("[sslCert] and httpsListen are set, but this build serves plain HTTP only");
-    }
     if config.log.write_file || config.log.access_log {
         tracing::warn!("[log] writeFile and accessLog are set, but this build logs to the console only");
     }
@@ -52,12 +52,12 @@ impl Gateway {
     /// Loads the configuration, binds every listener, starts serving and starts
     /// watching the configuration for changes.
     ///
-    /// Must run inside a Tokio runtime. A configuration error or a listener that cannot
-    /// be bound stops start-up with that error.
+    /// Must run inside a Tokio runtime. A configuration error, a certificate that fails
+    /// to load or a listener that cannot be bound stops start-up with that error.
     pub async fn start(config_path: impl AsRef<Path>) -> Result<Gateway, StartError> {
         let config_path = config_path.as_ref().to_path_buf();
         let config = Arc::new(Config::load(&config_path)?);
-        let state = Arc::new(State::new(config.clone()));
+        let state = Arc::new(State::new(config.clone())?);
         let plane = Arc::new(ControlPlane::default());
 
         plane.listeners.reconcile(&state, &wanted_listeners(&config))?;
@@ -68,6 +68,7 @@ impl Gateway {
             *plane.admin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(admin);
         }
         let controller = tokio::spawn(controller.run(requests));
+        tls::activate(&state);
 
         warn_unimplemented(&config);
         tracing::info!(
@@ -116,9 +117,18 @@ impl Gateway {
 
     /// Returns the bound addresses of the plain-HTTP listeners.
     pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs_of(ListenerKind::Http)
+    }
+
+    /// Returns the bound addresses of the HTTPS listeners.
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs_of(ListenerKind::Https)
+    }
+
+    fn addrs_of(&self, kind: ListenerKind) -> Vec<SocketAddr> {
         self.listeners()
             .into_iter()
-            .filter(|info| info.kind == ListenerKind::Http)
+            .filter(|info| info.kind == kind)
             .map(|info| info.bound)
             .collect()
     }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connection::{self, Connection, TrackedIo};
 use crate::metrics::Reason;
 use crate::state::State;
+use crate::tls;
 
 /// Pending-connection queue length passed to listen(2).
 const BACKLOG: i32 = 4096;
@@ -204,14 +205,15 @@ async fn accept_loop(
             .local_addr()
             .unwrap_or_else(|_| listener.local_addr().expect("listener has an address"));
         let conn = Arc::new(Connection::new(peer, local, kind == ListenerKind::Https));
-        let io = TrackedIo::new(stream, conn, slot);
         match kind {
             ListenerKind::Http => {
+                let io = TrackedIo::new(stream, conn, slot);
                 state.tasks.spawn(connection::serve(io, state.clone(), drain.clone()));
             }
             ListenerKind::Https => {
-                // Served once TLS termination is configured; until then the slot is freed.
-                drop(io);
+                state
+                    .tasks
+                    .spawn(tls::handshake::serve(stream, conn, slot, state.clone(), drain.clone()));
             }
         }
     }

@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::reload::ReloadStatus;
 use crate::snapshot::Snapshot;
+use crate::tls::TlsError;
 use crate::upstream::{HttpClient, build_client};
 
 /// Everything the request path and the control plane share.
@@ -35,12 +36,12 @@ pub struct State {
 
 impl State {
     /// Builds the state with the first snapshot, generation 1, from `config`.
-    pub fn new(config: Arc<Config>) -> State {
+    pub fn new(config: Arc<Config>) -> Result<State, TlsError> {
         let registry = Registry::default();
-        let snapshot = Snapshot::build(config, &registry, 1);
+        let snapshot = Snapshot::build(config, &registry, 1)?;
         let connections = Arc::new(ConnLimiter::default());
         connections.set_limit(snapshot.config.core.limit_max_conn);
-        State {
+        Ok(State {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             client: build_client(),
@@ -51,6 +52,6 @@ impl State {
             reload_status: Mutex::new(ReloadStatus::default()),
             started_at: SystemTime::now(),
             started: Instant::now(),
-        }
+        })
     }
 }

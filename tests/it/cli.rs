@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::pki::{LeafSpec, Signer, TestCa, offline_response, write};
 use crate::support::{Upstream, get};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_minigateway");
@@ -62,9 +63,19 @@ fn check_names_bad_target_url() {
 fn check_accepts_mingateway_file() {
     let text = include_str!("../fixtures/mingateway.conf");
     let (dir, file) = write_tree(text);
+    // `-t` loads the certificate, key and OCSP file the fixture names, as `nginx -t` does.
+    let cert_dir = dir.path().join("cert");
+    std::fs::create_dir_all(&cert_dir).unwrap();
+    let ca = TestCa::new("Fixture Test CA");
+    let leaf = ca.issue(&LeafSpec::names(&["example.com"]));
+    write(&cert_dir, "example.com.crt", leaf.chain_pem(&ca));
+    write(&cert_dir, "example.com.key", &leaf.key_pem);
+    let response = offline_response(dir.path(), &ca, Signer::Issuer, &leaf, false, 1);
+    write(&cert_dir, "example.com.ocsp", response);
+
     let (ok, output) = check(&file);
     assert!(ok, "{output}");
-    drop(dir);
+    assert!(!output.contains("warning"), "{output}");
 }
 
 struct Running {

@@ -6,6 +6,8 @@ mod admin;
 mod balancing;
 mod cli;
 mod forwarding;
+mod ocsp;
 mod reload;
 mod routing;
 mod timeouts;
+mod tls;
