@@ -28,10 +28,15 @@ pub type Fingerprint = [u8; 32];
 /// Errors that reject a certificate and key pair, naming the file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    #[error("sslCert.{label}: failed to read {kind} file {}: {source}", path.display())]
+    #[error(
+        "sslCert.{label}: failed to read {kind} file {}: {source}; check sslCert.{label}.{setting}",
+        path.display()
+    )]
     Read {
         label: String,
         kind: &'static str,
+        /// The configuration key that names the file.
+        setting: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
@@ -239,10 +244,11 @@ pub fn fingerprint(der: &[u8]) -> Fingerprint {
     fingerprint
 }
 
-fn read(label: &str, kind: &'static str, path: &Path) -> Result<Vec<u8>, CertError> {
+fn read(label: &str, kind: &'static str, setting: &'static str, path: &Path) -> Result<Vec<u8>, CertError> {
     std::fs::read(path).map_err(|source| CertError::Read {
         label: label.to_owned(),
         kind,
+        setting,
         path: path.to_path_buf(),
         source,
     })
@@ -273,7 +279,7 @@ fn dns_names(leaf: &ParsedCert) -> Vec<String> {
 pub fn load(config: &CertConfig, provider: &CryptoProvider) -> Result<LoadedCert, CertError> {
     let label = config.label.as_str();
 
-    let cert_bytes = read(label, "certificate", &config.cert_file)?;
+    let cert_bytes = read(label, "certificate", "ssl_certificate", &config.cert_file)?;
     let chain = CertificateDer::pem_slice_iter(&cert_bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| CertError::InvalidPem {
@@ -298,7 +304,7 @@ pub fn load(config: &CertConfig, provider: &CryptoProvider) -> Result<LoadedCert
         .map(|der| ParsedCert::from_der(der.clone()).map_err(|error| invalid_certificate(error.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let key_bytes = read(label, "key", &config.key_file)?;
+    let key_bytes = read(label, "key", "ssl_certificate_key", &config.key_file)?;
     let key_der = match PrivateKeyDer::from_pem_slice(&key_bytes) {
         Ok(key) => key,
         Err(rustls::pki_types::pem::Error::NoItemsFound) => {
@@ -341,7 +347,7 @@ pub fn load(config: &CertConfig, provider: &CryptoProvider) -> Result<LoadedCert
         (_, false, _) => StapleMode::Off,
         (Some(path), true, true) => StapleMode::File {
             path: path.clone(),
-            response: read(label, "OCSP response", path)?,
+            response: read(label, "OCSP response", "ocsp_stapling_file", path)?,
         },
         // Config validation requires a file when ocsp_stapling_local is set.
         (None, true, true) | (_, true, false) => StapleMode::Fetch,
