@@ -1,9 +1,9 @@
 //! A small HTTP/1.1 client for OCSP responders and CA Issuers URLs.
 //!
-//! Responders are named by `http://` URLs in certificates (RFC 6960 appendix A.1 and
-//! RFC 5280 section 4.2.2.1 use plain HTTP, because the data is signed). Every exchange
-//! has a time limit and a response size limit, so a slow or hostile server costs one
-//! background task a bounded wait and nothing more.
+//! Certificates name their responder and issuer by `http://` URLs; what those serve is
+//! signed, so it needs no TLS. Every exchange has a time limit and a response size
+//! limit, so a slow or hostile server costs one background task a bounded wait and
+//! nothing more.
 
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ pub enum FetchError {
     Timeout { url: String },
 }
 
-/// Sends an OCSP request by POST (RFC 6960 appendix A.1) and returns the response body.
+/// Sends an OCSP request by HTTP POST and returns the response body.
 pub async fn post_ocsp(url: &str, request: Vec<u8>) -> Result<Bytes, FetchError> {
     exchange(url, Method::POST, Some(("application/ocsp-request", request))).await
 }

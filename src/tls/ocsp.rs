@@ -3,7 +3,7 @@
 //!
 //! A response is used only when it contains the status of this certificate and issuer,
 //! that status is good, it is signed by the issuer or by a responder the issuer
-//! delegated (RFC 6960 section 4.2.2.2), and the current time lies within
+//! delegated (RFC 6960 section 2.6), and the current time lies within
 //! thisUpdate..nextUpdate. Signatures are
 //! checked with the signature algorithms of the rustls crypto provider.
 

@@ -255,9 +255,8 @@ async fn fetch_staple(job: &mut FetchJob) -> Result<Staple, StapleError> {
     )?)
 }
 
-/// Fetches the issuer of `leaf` from a CA Issuers URL (RFC 5280 section 4.2.2.1), which
-/// serves a DER certificate; a PEM one is accepted too. The certificate is used only if
-/// its key signed `leaf`.
+/// Fetches the issuer of `leaf` from a CA Issuers URL, which serves a DER certificate; a
+/// PEM one is accepted too. The certificate is used only if its key signed `leaf`.
 async fn fetch_issuer(url: &str, leaf: &ParsedCert, provider: &CryptoProvider) -> Result<ParsedCert, StapleError> {
     let body = fetch::get(url).await?;
     let candidates: Vec<CertificateDer<'static>> = if body.starts_with(b"-----BEGIN") {

@@ -140,6 +140,19 @@ async fn fetched_staple_reaches_clients() {
     assert_eq!(status["staple"]["stapled"], true);
     assert!(status["staple"]["error"].is_null(), "{status}");
     assert!(status["staple"]["age_seconds"].as_u64().is_some(), "{status}");
+
+    // A reload keeps the staple of an unchanged certificate without fetching again.
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(gw.config_path(), text.replace("[core]\n", "[core]\nreadTimeout = 30\n")).unwrap();
+    let outcome = gw.gateway.reload().await;
+    assert!(
+        matches!(outcome, minigateway::reload::ReloadOutcome::Applied { .. }),
+        "{outcome:?}"
+    );
+    let after_reload = presented(&gw, "a.test").await;
+    assert_eq!(after_reload.staple, stapled.staple);
+    let reloaded = certificate_status(&gw, "a").await;
+    assert_eq!(reloaded["staple"]["last_success"], status["staple"]["last_success"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -533,3 +533,79 @@ fn check_loads_certificates() {
     assert!(!ok, "{output}");
     assert!(output.contains("failed to read key file"), "{output}");
 }
+
+/// Connects with `config`, sends one request so TLS 1.3 tickets are read, and returns
+/// how the handshake went.
+async fn resume_kind(
+    addr: std::net::SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> rustls::HandshakeKind {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let kind = stream.get_ref().1.handshake_kind().unwrap();
+    let response = HttpOverTls::start(stream).await.get("a.test", "/").await;
+    assert_eq!(response.status, 200);
+    kind
+}
+
+/// Returns a client that trusts `ca` and keeps its sessions for resumption.
+fn resuming_client(ca: &TestCa) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der.clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    std::sync::Arc::new(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_across_reload() {
+    let upstream = Upstream::start("app").await;
+    let ca = TestCa::new("Resumption Test CA");
+    let a = ca.issue(&LeafSpec::names(&["a.test"]));
+    let gw = start_https(&upstream, &cert_section("a", ""), |dir| write_pair(dir, "a", &a, &ca)).await;
+    let client = resuming_client(&ca);
+    let https = gw.https.unwrap();
+
+    assert_eq!(resume_kind(https, &client).await, rustls::HandshakeKind::Full);
+    assert_eq!(resume_kind(https, &client).await, rustls::HandshakeKind::Resumed);
+
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(gw.config_path(), text.replace("[core]\n", "[core]\nreadTimeout = 30\n")).unwrap();
+    let outcome = gw.gateway.reload().await;
+    assert!(
+        matches!(outcome, minigateway::reload::ReloadOutcome::Applied { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        resume_kind(https, &client).await,
+        rustls::HandshakeKind::Resumed,
+        "tickets issued before a reload resume after it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_tickets_off_sends_no_tls13_tickets() {
+    let upstream = Upstream::start("app").await;
+    let ca = TestCa::new("No Ticket Test CA");
+    let a = ca.issue(&LeafSpec::names(&["a.test"]));
+    let sections = format!("[sslBase]\nsessionTicket = false\n\n{}", cert_section("a", ""));
+    let gw = start_https(&upstream, &sections, |dir| write_pair(dir, "a", &a, &ca)).await;
+    let client = resuming_client(&ca);
+    let https = gw.https.unwrap();
+
+    assert_eq!(resume_kind(https, &client).await, rustls::HandshakeKind::Full);
+    assert_eq!(
+        resume_kind(https, &client).await,
+        rustls::HandshakeKind::Full,
+        "without tickets a TLS 1.3 session does not resume"
+    );
+}
