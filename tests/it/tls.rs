@@ -472,7 +472,10 @@ async fn status_lists_certificates_and_expiry() {
         write_pair(dir, "soon", &soon, &ca);
     })
     .await;
-    handshake(gw.https.unwrap(), &ClientOptions::sni("a.test")).await;
+    // A response proves the server finished its side of the handshake too.
+    let (stream, _) = connect(gw.https.unwrap(), &ClientOptions::sni("a.test")).await.unwrap();
+    let response = HttpOverTls::start(stream).await.get("a.test", "/").await;
+    assert_eq!(response.status, 200);
 
     let status = admin_status(&gw).await;
     let certificates = status["certificates"].as_array().unwrap();
