@@ -185,6 +185,8 @@ fn server_config(config: &Config, resolver: Arc<CertResolver>, state: &TlsState)
         .with_no_client_auth()
         .with_cert_resolver(resolver);
 
+    // NOTE: with http2 = false only ALPN stops offering h2. A client that sends the
+    // HTTP/2 preface anyway is still served, because HTTP/1 and HTTP/2 share one server.
     server.alpn_protocols = if config.ssl_base.http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {

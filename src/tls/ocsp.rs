@@ -163,6 +163,9 @@ fn algorithm_matches(expected: &[u8], algorithm: &AlgorithmIdentifierOwned) -> b
 }
 
 /// Checks `signature` over `message` with the public key `signer`.
+///
+/// NOTE: the provider offers only the algorithms TLS uses, so a response signed with
+/// SHA-1 (sha1WithRSAEncryption) is rejected as unsupported rather than verified.
 fn verify_signature(
     provider: &CryptoProvider,
     signer: &SubjectPublicKeyInfoOwned,
