@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # Runs minigateway on configs/gateway.toml in front of two demo upstreams, sends a few
-# requests to show round robin, then stops everything it started.
+# requests to show round robin and one over HTTPS, then stops everything it started.
+# On the first run it makes a development certificate with scripts/dev-cert.sh.
 #
 #   scripts/demo.sh          run the demo and stop
 #   scripts/demo.sh --serve  keep everything running until Ctrl-C
 #
-# Ports used: 8080 (gateway), 8081 and 8082 (upstreams), 9900 (admin API), all on 127.0.0.1.
+# Ports used: 8080 and 8443 (gateway HTTP and HTTPS), 8081 and 8082 (upstreams), 9900
+# (admin API), all on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 serve=false
 [ "${1:-}" = "--serve" ] && serve=true
 
-for port in 8080 8081 8082 9900; do
+for port in 8080 8443 8081 8082 9900; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "demo: port $port on 127.0.0.1 is already in use; stop what runs there first" >&2
     exit 1
   fi
 done
+
+scripts/dev-cert.sh
 
 echo "demo: building minigateway and the demo upstream"
 cargo build --quiet --bin minigateway --example demo_upstream
@@ -56,10 +60,26 @@ echo "demo: six requests through the gateway (round robin over two upstreams):"
 for i in 1 2 3 4 5 6; do
   printf '  %s\n' "$(request 8080 "/hello/$i" demo.test)"
 done
+
+https_request() {
+  # openssl checks the certificate against the development CA and the name demo.test.
+  printf 'GET %s HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n' "$1" |
+    openssl s_client -quiet -connect 127.0.0.1:8443 -servername demo.test \
+      -CAfile cert/dev-ca.pem -verify_return_error -verify_hostname demo.test 2>/dev/null |
+    tail -n 1
+}
+
+echo "demo: one request over HTTPS (certificate verified against cert/dev-ca.pem):"
+response=$(https_request /hello/tls)
+if [ -z "$response" ]; then
+  echo "demo: the HTTPS request failed; check the gateway's log above" >&2
+  exit 1
+fi
+printf '  %s\n' "$response"
 echo "demo: admin API, requests in flight: $(request 9900 /api_status/reqcount 127.0.0.1)"
 
 if $serve; then
-  echo "demo: serving on http://127.0.0.1:8080 (admin on 127.0.0.1:9900); press Ctrl-C to stop"
+  echo "demo: serving on http://127.0.0.1:8080 and https://127.0.0.1:8443 (admin on 127.0.0.1:9900); press Ctrl-C to stop"
   wait "${pids[2]}"
 else
   echo "demo: done; stopping the gateway and the upstreams"

@@ -386,6 +386,7 @@ fn status(state: &State) -> Value {
         .map(|(reason, count)| (reason.as_str().to_owned(), json!(count)))
         .collect();
 
+    let (certificates, tls) = crate::tls::status(state);
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
@@ -405,5 +406,7 @@ fn status(state: &State) -> Value {
             "idle_connections_closed": state.connections.idle_closed(),
         },
         "routes": routes,
+        "certificates": certificates,
+        "tls": tls,
     })
 }

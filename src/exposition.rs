@@ -16,6 +16,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::clock;
 use crate::metrics::{Histogram, METHODS, Reason, RouteStats};
 use crate::state::State;
+use crate::tls;
 
 /// The content type of the Prometheus text format, version 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -195,16 +196,6 @@ impl Collector for GatewayCollector {
                 metrics.connections_total.load(Ordering::Relaxed),
             ),
             (
-                "tls_handshakes",
-                "TLS handshakes completed.",
-                metrics.tls_handshakes.load(Ordering::Relaxed),
-            ),
-            (
-                "tls_handshake_failures",
-                "TLS handshakes that failed or timed out.",
-                metrics.tls_handshake_failures.load(Ordering::Relaxed),
-            ),
-            (
                 "idle_connections_closed",
                 "Idle keep-alive connections closed to make room at limitMaxConn.",
                 state.connections.idle_closed(),
@@ -218,6 +209,47 @@ impl Collector for GatewayCollector {
         for (name, help, value) in single_counters {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(family.encode_family(&Labels::new())?)?;
+        }
+
+        let handshakes = &state.registry.tls.handshakes;
+        let mut family = encoder.encode_descriptor(
+            "tls_handshakes",
+            "TLS handshakes by result (completed, failed, timed_out).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, value) in [
+            ("completed", &handshakes.completed),
+            ("failed", &handshakes.failed),
+            ("timed_out", &handshakes.timed_out),
+        ] {
+            counter(&mut family, &vec![("result", result)], value.load(Ordering::Relaxed))?;
+        }
+
+        let certificates = tls::certificate_figures(state);
+        let mut family = encoder.encode_descriptor(
+            "certificate_not_after",
+            "Unix time at which each served certificate expires.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for figures in &certificates {
+            gauge(
+                &mut family,
+                &vec![("certificate", figures.label.as_str())],
+                figures.not_after_unix as i64,
+            )?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "ocsp_staple_age",
+            "Seconds since thisUpdate of the OCSP staple each certificate sends; absent without a staple.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for figures in &certificates {
+            if let Some(age) = figures.staple_age_seconds {
+                gauge(&mut family, &vec![("certificate", figures.label.as_str())], age as i64)?;
+            }
         }
 
         let (applied, failed) = {

@@ -11,6 +11,7 @@ use crate::config::{Config, ConfigError};
 use crate::listener::{ListenerInfo, ListenerKind};
 use crate::reload::{ControlPlane, Controller, ReloadHandle, ReloadOutcome, Trigger, wanted_listeners};
 use crate::state::State;
+use crate::tls::{self, TlsError};
 
 /// Errors that stop a gateway from starting.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,8 @@ pub enum StartError {
     Bind(#[from] std::io::Error),
     #[error("{0}")]
     Log(String),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A running gateway.
@@ -32,25 +35,16 @@ pub struct Gateway {
     config_path: PathBuf,
 }
 
-/// Warns about enabled settings that this build parses and validates but does not
-/// enforce yet, so none of them is ignored silently.
-fn warn_unimplemented(config: &Config) {
-    // NOTE: each of these warnings goes away when its feature lands.
-    if !config.certs.is_empty() || !config.core.https_listen.is_empty() {
-        tracing::warn!("[sslCert] and httpsListen are set, but this build serves plain HTTP only");
-    }
-}
-
 impl Gateway {
     /// Loads the configuration, binds every listener, starts serving and starts
     /// watching the configuration for changes.
     ///
-    /// Must run inside a Tokio runtime. A configuration error or a listener that cannot
-    /// be bound stops start-up with that error.
+    /// Must run inside a Tokio runtime. A configuration error, a certificate that fails
+    /// to load or a listener that cannot be bound stops start-up with that error.
     pub async fn start(config_path: impl AsRef<Path>) -> Result<Gateway, StartError> {
         let config_path = config_path.as_ref().to_path_buf();
         let config = Arc::new(Config::load(&config_path)?);
-        let state = Arc::new(State::new(config.clone()));
+        let state = Arc::new(State::new(config.clone())?);
         let plane = Arc::new(ControlPlane::default());
         let access_log = state.prepare_access_log(&config.log).map_err(StartError::Log)?;
         state.commit_access_log(access_log);
@@ -68,8 +62,8 @@ impl Gateway {
             *plane.admin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(admin);
         }
         let controller = tokio::spawn(controller.run(requests));
+        tls::activate(&state);
 
-        warn_unimplemented(&config);
         crate::guard::warn_ineffective(&config);
         tracing::info!(
             config = %config_path.display(),
@@ -117,9 +111,18 @@ impl Gateway {
 
     /// Returns the bound addresses of the plain-HTTP listeners.
     pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs_of(ListenerKind::Http)
+    }
+
+    /// Returns the bound addresses of the HTTPS listeners.
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs_of(ListenerKind::Https)
+    }
+
+    fn addrs_of(&self, kind: ListenerKind) -> Vec<SocketAddr> {
         self.listeners()
             .into_iter()
-            .filter(|info| info.kind == ListenerKind::Http)
+            .filter(|info| info.kind == kind)
             .map(|info| info.bound)
             .collect()
     }

@@ -24,6 +24,7 @@ pub mod reload;
 pub mod router;
 pub mod snapshot;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;

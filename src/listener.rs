@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connection::{self, Connection, TrackedIo};
 use crate::metrics::Reason;
 use crate::state::State;
+use crate::tls;
 
 /// Pending-connection queue length passed to listen(2).
 const BACKLOG: i32 = 4096;
@@ -230,14 +231,15 @@ async fn accept_loop(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
         let _ = stream.set_nodelay(true);
-        let io = TrackedIo::new(stream, conn, slot);
         match kind {
             ListenerKind::Http => {
+                let io = TrackedIo::new(stream, conn, slot);
                 state.tasks.spawn(connection::serve(io, state.clone(), drain.clone()));
             }
             ListenerKind::Https => {
-                // Served once TLS termination is configured; until then the slot is freed.
-                drop(io);
+                state
+                    .tasks
+                    .spawn(tls::handshake::serve(stream, conn, slot, state.clone(), drain.clone()));
             }
         }
     }

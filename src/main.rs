@@ -11,7 +11,7 @@ use signal_hook_tokio::Signals;
 
 use minigateway::config::{self, Config};
 use minigateway::reload::Trigger;
-use minigateway::{Gateway, logging};
+use minigateway::{Gateway, logging, tls};
 
 /// An HTTP/HTTPS gateway with host routing, load balancing, flood defences and live reload.
 #[derive(Debug, Parser)]
@@ -21,7 +21,8 @@ struct Cli {
     #[arg(short = 'c', long = "config", value_name = "FILE", default_value = config::DEFAULT_CONFIG_PATH)]
     config: PathBuf,
 
-    /// Check the configuration file and exit with 0 if it is valid, 1 if not.
+    /// Check the configuration file and the certificates it names, and exit with 0 if
+    /// they are valid, 1 if not.
     #[arg(short = 't', long = "test")]
     test: bool,
 
@@ -47,9 +48,16 @@ fn pid_file(config: &Path) -> PathBuf {
     config::prefix_of(config).join("logs").join("minigateway.pid")
 }
 
+/// Checks the configuration and loads every certificate and key pair, as `nginx -t` does.
 fn test_config(path: &Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(_) => {
+    let checked = Config::load(path)
+        .map_err(|error| error.to_string())
+        .and_then(|config| tls::check(&config).map_err(|error| error.to_string()));
+    match checked {
+        Ok(warnings) => {
+            for warning in warnings {
+                eprintln!("minigateway: warning: {warning}");
+            }
             println!("minigateway: configuration file {} test is successful", path.display());
             ExitCode::SUCCESS
         }

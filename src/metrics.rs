@@ -194,8 +194,6 @@ pub struct Metrics {
     pub requests_total: AtomicU64,
     /// Requests rejected before a route was found (bad requests, unknown hosts, bans).
     pub unrouted: RouteStats,
-    pub tls_handshakes: AtomicU64,
-    pub tls_handshake_failures: AtomicU64,
     rejections: [AtomicU64; Reason::ALL.len()],
 }
 

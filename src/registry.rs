@@ -65,6 +65,8 @@ pub struct Registry {
     pub route_stats: Keyed<RouteStats>,
     /// Target counters by `label target-url`.
     pub target_stats: Keyed<TargetStats>,
+    /// Session ticket keys, the session cache and OCSP staples by certificate fingerprint.
+    pub tls: crate::tls::TlsState,
 }
 
 /// The registry key of a target within its route.

@@ -1,10 +1,11 @@
 //! Live reload: file watcher, SIGHUP, `-s reload` and `POST /reload` all end here.
 //!
 //! One controller task performs every reload, one at a time: read and validate the
-//! configuration, build the new snapshot, bind new listeners, then swap the snapshot
-//! and close removed listeners. A failure at any step leaves the old snapshot serving
-//! and nothing changed. A reload whose result equals the current configuration (same
-//! parsed settings, same contents of every referenced file) is skipped.
+//! configuration, load the certificates and build the new snapshot, bind new
+//! listeners, then swap the snapshot and close removed listeners. A failure at any step
+//! leaves the old snapshot serving and nothing changed. A reload whose result equals
+//! the current configuration (same parsed settings, same contents of every referenced
+//! file) is skipped.
 //!
 //! The watcher watches the parent directory of the configuration file and of every file
 //! it names, both as given and with symlinks resolved. Watching directories instead of
@@ -30,6 +31,7 @@ use crate::listener::{ListenerKind, Listeners};
 use crate::logging;
 use crate::snapshot::Snapshot;
 use crate::state::State;
+use crate::tls::{self, TlsError};
 
 /// Quiet time after the last file event before a reload starts.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -90,6 +92,8 @@ pub enum ReloadError {
     Bind(#[from] std::io::Error),
     #[error("{0}")]
     Log(String),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     #[error("reload task failed: {0}")]
     Internal(String),
 }
@@ -120,12 +124,9 @@ pub struct ControlPlane {
 
 /// Returns the listener addresses that a configuration names.
 pub fn wanted_listeners(config: &Config) -> Vec<(std::net::SocketAddr, ListenerKind)> {
-    config
-        .core
-        .http_listen
-        .iter()
-        .map(|&addr| (addr, ListenerKind::Http))
-        .collect()
+    let http = config.core.http_listen.iter().map(|&addr| (addr, ListenerKind::Http));
+    let https = config.core.https_listen.iter().map(|&addr| (addr, ListenerKind::Https));
+    http.chain(https).collect()
 }
 
 /// Hashes the contents of every file the configuration names; a missing file hashes
@@ -430,23 +431,29 @@ impl Controller {
 
     /// Returns the change summary of an applied reload, or `None` when nothing changed.
     async fn try_reload(&mut self, current: &Snapshot) -> Result<Option<String>, ReloadError> {
+        // Reading the configuration and the certificate files blocks, so it runs off the
+        // runtime threads that serve connections.
         let path = self.config_path.clone();
-        let (config, files) = tokio::task::spawn_blocking(move || {
-            Config::load(&path).map(|config| {
-                let files = file_fingerprint(&config);
-                (config, files)
-            })
+        let state = self.state.clone();
+        let (running_config, running_files) = (current.config.clone(), self.files);
+        let generation = current.generation + 1;
+        let built = tokio::task::spawn_blocking(move || -> Result<Option<(Snapshot, u128)>, ReloadError> {
+            let config = Config::load(&path)?;
+            let files = file_fingerprint(&config);
+            if config == *running_config && files == running_files {
+                return Ok(None);
+            }
+            let snapshot = Snapshot::build(Arc::new(config), &state.registry, generation)?;
+            Ok(Some((snapshot, files)))
         })
         .await
         .map_err(|error| ReloadError::Internal(error.to_string()))??;
 
-        if config == *current.config && files == self.files {
+        let Some((snapshot, files)) = built else {
             return Ok(None);
-        }
+        };
+        let config = snapshot.config.clone();
         let changes = summarize(&current.config, &config);
-
-        let config = Arc::new(config);
-        let snapshot = Snapshot::build(config.clone(), &self.state.registry, current.generation + 1);
 
         let admin_moved = config.admin.listen != current.config.admin.listen || !current.config.admin.enable;
         let admin = if config.admin.enable && admin_moved {
@@ -467,6 +474,8 @@ impl Controller {
         self.state.connections.set_limit(config.core.limit_max_conn);
         crate::guard::warn_ineffective(&config);
         self.state.snapshot.load().prune(&self.state.registry);
+        tls::activate(&self.state);
+        tls::log_changes(current.tls.as_deref(), self.state.snapshot.load().tls.as_deref());
         self.files = files;
 
         let mut running = self.plane.admin.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -1,7 +1,8 @@
 //! The immutable snapshot that every request reads.
 //!
 //! A snapshot holds everything built from one configuration: the router, the pools with
-//! their balancers, the client-IP policy, guard settings and timeouts. It is swapped
+//! their balancers, the client-IP policy, guard settings, timeouts and the certificates
+//! with their TLS settings. It is swapped
 //! whole by a reload; a request keeps the snapshot it started with until it ends.
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::guard::GuardSettings;
 use crate::metrics::RouteStats;
 use crate::registry::{Registry, target_key};
 use crate::router::Router;
+use crate::tls::{TlsContext, TlsError};
 use crate::upstream::{Pool, Target};
 
 /// Smallest read buffer hyper accepts; maxHeaderBytes below it is raised to it.
@@ -54,6 +56,8 @@ pub struct Snapshot {
     pub https_port: Option<u16>,
     /// The HTTP/1 and HTTP/2 server settings new connections are served with.
     pub http: auto::Builder<TokioExecutor>,
+    /// The certificates and TLS settings new HTTPS handshakes use; `None` without certificates.
+    pub tls: Option<Arc<TlsContext>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -87,7 +91,11 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 impl Snapshot {
     /// Builds a snapshot, taking carried-over state for each route and target from
     /// `registry`.
-    pub fn build(config: Arc<Config>, registry: &Registry, generation: u64) -> Snapshot {
+    ///
+    /// Reads the certificate, key and OCSP files, so it runs where blocking is allowed.
+    /// A certificate that fails to load fails the build.
+    pub fn build(config: Arc<Config>, registry: &Registry, generation: u64) -> Result<Snapshot, TlsError> {
+        let tls = TlsContext::build(&config, &registry.tls)?;
         let router = Router::new(config.routes.iter().map(|route| route.hosts.as_slice()));
 
         let routes = config
@@ -138,7 +146,7 @@ impl Snapshot {
             .map(|addr| addr.port())
             .filter(|&port| port != 443);
 
-        Snapshot {
+        Ok(Snapshot {
             generation,
             router,
             routes,
@@ -152,8 +160,9 @@ impl Snapshot {
             max_body_bytes: config.core.max_body_bytes,
             https_port,
             http: http_builder(&config),
+            tls,
             config,
-        }
+        })
     }
 
     /// Drops registry entries of routes and targets this snapshot no longer has.

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::reload::ReloadStatus;
 use crate::snapshot::Snapshot;
+use crate::tls::TlsError;
 use crate::upstream::{HttpClient, build_client};
 
 /// An access log opened for a reload, or `None` inside to close the open one.
@@ -50,12 +51,12 @@ pub struct State {
 
 impl State {
     /// Builds the state with the first snapshot, generation 1, from `config`.
-    pub fn new(config: Arc<Config>) -> State {
+    pub fn new(config: Arc<Config>) -> Result<State, TlsError> {
         let registry = Registry::default();
-        let snapshot = Snapshot::build(config, &registry, 1);
+        let snapshot = Snapshot::build(config, &registry, 1)?;
         let connections = Arc::new(ConnLimiter::default());
         connections.set_limit(snapshot.config.core.limit_max_conn);
-        State {
+        Ok(State {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             client: build_client(),
@@ -70,7 +71,7 @@ impl State {
             throttle: Throttle::default(),
             started_at: SystemTime::now(),
             started: Instant::now(),
-        }
+        })
     }
 
     /// Opens the access log that `settings` need, without switching to it yet.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::pki::{LeafSpec, Signer, TestCa, offline_response, write};
 use crate::support::{Upstream, get};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_minigateway");
@@ -62,9 +63,19 @@ fn check_names_bad_target_url() {
 fn check_accepts_mingateway_file() {
     let text = include_str!("../fixtures/mingateway.conf");
     let (dir, file) = write_tree(text);
+    // `-t` loads the certificate, key and OCSP file the fixture names, as `nginx -t` does.
+    let cert_dir = dir.path().join("cert");
+    std::fs::create_dir_all(&cert_dir).unwrap();
+    let ca = TestCa::new("Fixture Test CA");
+    let leaf = ca.issue(&LeafSpec::names(&["example.com"]));
+    write(&cert_dir, "example.com.crt", leaf.chain_pem(&ca));
+    write(&cert_dir, "example.com.key", &leaf.key_pem);
+    let response = offline_response(dir.path(), &ca, Signer::Issuer, &leaf, false, 1);
+    write(&cert_dir, "example.com.ocsp", response);
+
     let (ok, output) = check(&file);
     assert!(ok, "{output}");
-    drop(dir);
+    assert!(!output.contains("warning"), "{output}");
 }
 
 struct Running {
@@ -105,7 +116,13 @@ async fn sigterm_finishes_in_flight_request_and_exits_zero() {
         .unwrap();
     let mut running = Running { child };
     wait_listening(http).await;
-    assert!(dir.path().join("logs/minigateway.pid").exists(), "pid file missing");
+    // The pid file is written after the listeners are bound, so it may lag a little.
+    let pid_file = dir.path().join("logs/minigateway.pid");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pid_file.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pid_file.exists(), "pid file missing");
 
     let slow = tokio::spawn(async move { get(http, "app.test", "/slow/1500").await });
     tokio::time::sleep(Duration::from_millis(400)).await;

@@ -8,6 +8,8 @@ mod cli;
 mod forwarding;
 mod guards;
 mod logs;
+mod ocsp;
 mod reload;
 mod routing;
 mod timeouts;
+mod tls;

@@ -12,7 +12,18 @@ pub struct TestGateway {
     /// The configuration tree: `configs/`, `cert/`, `logs/`.
     pub dir: TempDir,
     pub http: SocketAddr,
+    /// The first HTTPS listener, when the configuration has one.
+    pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+}
+
+/// Creates a temporary configuration tree: `configs/`, `cert/`, `logs/`.
+pub fn tree() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for folder in ["configs", "cert", "logs"] {
+        std::fs::create_dir_all(dir.path().join(folder)).unwrap();
+    }
+    dir
 }
 
 /// Builds a configuration with ephemeral listeners; `core` is added to `[core]`.
@@ -23,23 +34,26 @@ pub fn config(core: &str, rest: &str) -> String {
 impl TestGateway {
     /// Starts a gateway with the full configuration `text`.
     pub async fn start(text: &str) -> TestGateway {
-        let dir = tempfile::tempdir().unwrap();
-        let configs = dir.path().join("configs");
-        std::fs::create_dir_all(&configs).unwrap();
-        std::fs::create_dir_all(dir.path().join("cert")).unwrap();
-        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-        let file = configs.join("gateway.toml");
+        TestGateway::start_in(tree(), text).await
+    }
+
+    /// Starts a gateway with the configuration `text` in a tree made by [`tree`], whose
+    /// `cert/` folder may already hold certificate files.
+    pub async fn start_in(dir: TempDir, text: &str) -> TestGateway {
+        let file = dir.path().join("configs").join("gateway.toml");
         std::fs::write(&file, text).unwrap();
 
         let gateway = Gateway::start(&file)
             .await
             .unwrap_or_else(|error| panic!("gateway failed to start: {error}"));
         let http = gateway.http_addrs()[0];
+        let https = gateway.https_addrs().first().copied();
         let admin = gateway.admin_addr();
         TestGateway {
             gateway,
             dir,
             http,
+            https,
             admin,
         }
     }
@@ -60,5 +74,9 @@ impl TestGateway {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("configs").join("gateway.toml")
+    }
+
+    pub fn cert_dir(&self) -> PathBuf {
+        self.dir.path().join("cert")
     }
 }

@@ -3,8 +3,10 @@
 pub mod client;
 pub mod gateway;
 pub mod logs;
+pub mod pki;
+pub mod tls_client;
 pub mod upstream;
 
 pub use client::{RawResponse, connect_from, get, pooled, raw, read_response, send};
-pub use gateway::{TestGateway, config};
+pub use gateway::{TestGateway, config, tree};
 pub use upstream::{SilentUpstream, Upstream, closed_addr};
