@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -30,6 +31,7 @@ use crate::clock;
 use crate::guard::conn_limit::ConnSlot;
 use crate::metrics::Reason;
 use crate::proxy;
+use crate::proxy::headers::ip_header;
 use crate::snapshot::Timeouts;
 use crate::state::State;
 
@@ -48,6 +50,8 @@ const PHASE_IDLE: u8 = 2;
 #[derive(Debug)]
 pub struct Connection {
     pub peer: SocketAddr,
+    /// The peer's IP as header text, formatted once for X-Forwarded-For and X-Real-IP.
+    pub peer_header: HeaderValue,
     pub local: SocketAddr,
     pub tls: bool,
     phase: AtomicU8,
@@ -75,6 +79,7 @@ impl Connection {
     pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool) -> Self {
         Connection {
             peer,
+            peer_header: ip_header(crate::client_ip::canonical_ip(peer.ip())),
             local,
             tls,
             phase: AtomicU8::new(PHASE_HEAD),

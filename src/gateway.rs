@@ -35,6 +35,20 @@ pub struct Gateway {
     config_path: PathBuf,
 }
 
+/// Closes expired idle upstream connections once a second until the gateway stops.
+async fn reap_idle_connections(state: Arc<State>) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        for (_, pool) in state.registry.connection_pools.entries() {
+            pool.prune();
+        }
+    }
+}
+
 impl Gateway {
     /// Loads the configuration, binds every listener, starts serving and starts
     /// watching the configuration for changes.
@@ -62,6 +76,7 @@ impl Gateway {
             *plane.admin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(admin);
         }
         let controller = tokio::spawn(controller.run(requests));
+        tokio::spawn(reap_idle_connections(state.clone()));
         tls::activate(&state);
 
         crate::guard::warn_ineffective(&config);

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use crate::metrics::{RouteStats, TargetStats};
-use crate::upstream::TargetHealth;
+use crate::upstream::{ConnectionPool, TargetHealth};
 
 /// A map from names to shared values that new snapshots pick up again.
 #[derive(Debug)]
@@ -65,6 +65,8 @@ pub struct Registry {
     pub route_stats: Keyed<RouteStats>,
     /// Target counters by `label target-url`.
     pub target_stats: Keyed<TargetStats>,
+    /// Idle upstream connections by target authority (`host:port`).
+    pub connection_pools: Keyed<ConnectionPool>,
     /// Session ticket keys, the session cache and OCSP staples by certificate fingerprint.
     pub tls: crate::tls::TlsState,
 }

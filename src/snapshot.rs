@@ -19,7 +19,7 @@ use crate::metrics::RouteStats;
 use crate::registry::{Registry, target_key};
 use crate::router::Router;
 use crate::tls::{TlsContext, TlsError};
-use crate::upstream::{Pool, Target};
+use crate::upstream::{Pool, Target, TargetAddr};
 
 /// Smallest read buffer hyper accepts; maxHeaderBytes below it is raised to it.
 const MIN_HEADER_BUFFER: usize = 8192;
@@ -110,6 +110,8 @@ impl Snapshot {
                         Target {
                             url: target.url.as_str().into(),
                             authority: target.authority.clone(),
+                            addr: TargetAddr::from_authority(&target.authority),
+                            connections: registry.connection_pools.get(target.authority.as_str()),
                             path_prefix: target.path_prefix.as_str().into(),
                             health: registry.health.get(&key),
                             stats: registry.target_stats.get(&key),
@@ -176,6 +178,12 @@ impl Snapshot {
         registry.positions.retain(|key| labels.contains(&key));
         registry.route_stats.retain(|key| labels.contains(&key));
         registry.health.retain(|key| targets.iter().any(|t| t == key));
+        let authorities: Vec<&str> = self
+            .routes
+            .iter()
+            .flat_map(|r| r.pool.targets.iter().map(|t| t.authority.as_str()))
+            .collect();
+        registry.connection_pools.retain(|key| authorities.contains(&key));
         registry.target_stats.retain(|key| targets.iter().any(|t| t == key));
     }
 }

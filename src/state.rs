@@ -18,7 +18,6 @@ use crate::registry::Registry;
 use crate::reload::ReloadStatus;
 use crate::snapshot::Snapshot;
 use crate::tls::TlsError;
-use crate::upstream::{HttpClient, build_client};
 
 /// An access log opened for a reload, or `None` inside to close the open one.
 pub struct PreparedAccessLog(Option<Arc<AccessLog>>);
@@ -28,7 +27,6 @@ pub struct State {
     /// The snapshot new requests use; replaced whole by a reload.
     pub snapshot: ArcSwap<Snapshot>,
     pub registry: Registry,
-    pub client: HttpClient,
     pub metrics: Metrics,
     pub connections: Arc<ConnLimiter>,
     /// CC defence and limitReq state; kept across reloads.
@@ -59,7 +57,6 @@ impl State {
         Ok(State {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
-            client: build_client(),
             metrics: Metrics::default(),
             connections,
             guards: Guards::default(),

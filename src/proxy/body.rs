@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::Exchange;
+use crate::upstream::pool::Lease;
 
 /// The reason a client request body could not be forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +147,8 @@ pub struct ResponseBody {
     sleep: Option<Pin<Box<Sleep>>>,
     bytes_sent: u64,
     exchange: Option<Exchange>,
+    /// The upstream connection, returned to its pool when the body ends cleanly.
+    lease: Option<Lease>,
 }
 
 /// The writeTimeout deadline passed while an upstream body was still streaming.
@@ -162,24 +165,25 @@ impl StdError for ResponseTimedOut {}
 
 impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
-        Self::new(Source::Full(Some(bytes.into())), None)
+        Self::new(Source::Full(Some(bytes.into())), None, None)
     }
 
     pub fn empty() -> Self {
-        Self::new(Source::Full(None), None)
+        Self::new(Source::Full(None), None, None)
     }
 
-    pub fn upstream(body: Incoming, deadline: Option<Instant>) -> Self {
-        Self::new(Source::Upstream(body), deadline)
+    pub fn upstream(body: Incoming, deadline: Option<Instant>, lease: Lease) -> Self {
+        Self::new(Source::Upstream(body), deadline, Some(lease))
     }
 
-    fn new(source: Source, deadline: Option<Instant>) -> Self {
+    fn new(source: Source, deadline: Option<Instant>, lease: Option<Lease>) -> Self {
         ResponseBody {
             source,
             deadline,
             sleep: None,
             bytes_sent: 0,
             exchange: None,
+            lease,
         }
     }
 
@@ -193,6 +197,13 @@ impl ResponseBody {
     }
 
     fn finish(&mut self, aborted: bool) {
+        // A connection whose response did not end cleanly may have bytes left in flight,
+        // so it is closed rather than reused.
+        if let Some(lease) = self.lease.take() {
+            if !aborted {
+                lease.release();
+            }
+        }
         if let Some(exchange) = self.exchange.take() {
             exchange.finish(self.bytes_sent, aborted);
         }

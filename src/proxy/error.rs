@@ -10,9 +10,19 @@ use http::{HeaderValue, Response, StatusCode, header};
 use super::body::ResponseBody;
 use crate::guard::Rejection;
 use crate::metrics::Reason;
+use crate::upstream::pool::ConnectError;
 
 static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 static CLOSE: HeaderValue = HeaderValue::from_static("close");
+
+/// A failed attempt to reach an upstream or exchange a request with it.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
+    #[error("{0}")]
+    Exchange(#[from] hyper::Error),
+}
 
 /// A request that was answered by the gateway instead of an upstream.
 #[derive(Debug, thiserror::Error)]
@@ -40,17 +50,11 @@ pub enum ProxyError {
     #[error("no healthy target in the pool")]
     NoHealthyTarget,
     #[error("connection to upstream {target} failed: {source}")]
-    UpstreamConnect {
-        target: Box<str>,
-        source: hyper_util::client::legacy::Error,
-    },
+    UpstreamConnect { target: Box<str>, source: UpstreamError },
     #[error("upstream {target} did not respond in time")]
     UpstreamTimeout { target: Box<str> },
     #[error("upstream {target} failed: {source}")]
-    UpstreamFailed {
-        target: Box<str>,
-        source: hyper_util::client::legacy::Error,
-    },
+    UpstreamFailed { target: Box<str>, source: UpstreamError },
 }
 
 impl From<Rejection> for ProxyError {

@@ -38,8 +38,25 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
 }
 
+/// Returns whether `name` is hop-by-hop on its own, without a `Connection` listing.
+fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers; with `keep_upgrade` the upgrade handshake stays.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names first: most messages carry no hop-by-hop header, and a
+    // scan is cheaper than a lookup per name.
+    if !keep_upgrade && !headers.keys().any(is_fixed_hop_by_hop) {
+        return;
+    }
+
     if headers.contains_key(header::CONNECTION) {
         let mut listed: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
@@ -76,8 +93,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Writes an IP address into a header value without a temporary string.
-fn ip_value(ip: IpAddr) -> HeaderValue {
+/// Formats an IP address as a header value.
+pub fn ip_header(ip: IpAddr) -> HeaderValue {
     let mut buf = [0u8; 48];
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
     let _ = write!(cursor, "{ip}");
@@ -88,28 +105,29 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
 /// Sets the forwarding headers sent upstream, replacing any values the client sent.
 ///
 /// X-Forwarded-For is rebuilt from the verified chain plus the peer, so a client
-/// cannot choose its first element. X-Real-IP is the resolved client.
+/// cannot choose its first element. X-Real-IP is the resolved client. `peer` is the
+/// peer's address as header text, which a connection formats once for all its
+/// requests; with no verified chain it serves both headers.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
     client: &ClientAddr,
-    peer: IpAddr,
+    peer: &HeaderValue,
     tls: bool,
     host: Option<HeaderValue>,
 ) {
-    let forwarded_for = if client.chain.is_empty() {
-        ip_value(peer)
+    if client.chain.is_empty() {
+        headers.insert(&X_FORWARDED_FOR, peer.clone());
+        headers.insert(&X_REAL_IP, peer.clone());
     } else {
         let mut text = String::with_capacity(16 * (client.chain.len() + 1));
-        for ip in client.chain.iter().chain(std::iter::once(&peer)) {
-            if !text.is_empty() {
-                text.push_str(", ");
-            }
-            let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{ip}"));
+        for ip in &client.chain {
+            let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{ip}, "));
         }
-        HeaderValue::from_str(&text).expect("IP addresses are valid header text")
-    };
-    headers.insert(&X_FORWARDED_FOR, forwarded_for);
-    headers.insert(&X_REAL_IP, ip_value(client.ip));
+        text.push_str(peer.to_str().unwrap_or_default());
+        let chain = HeaderValue::from_str(&text).expect("IP addresses are valid header text");
+        headers.insert(&X_FORWARDED_FOR, chain);
+        headers.insert(&X_REAL_IP, ip_header(client.ip));
+    }
     headers.insert(&X_FORWARDED_PROTO, if tls { HTTPS.clone() } else { HTTP.clone() });
     match host {
         Some(host) => headers.insert(&X_FORWARDED_HOST, host),
@@ -170,7 +188,7 @@ mod tests {
         set_forwarding(
             &mut headers,
             &client,
-            peer,
+            &ip_header(peer),
             false,
             Some(HeaderValue::from_static("a.test")),
         );
@@ -189,7 +207,7 @@ mod tests {
             chain: vec!["203.0.113.7".parse().unwrap(), "127.0.0.2".parse().unwrap()],
             malformed: false,
         };
-        set_forwarding(&mut headers, &client, peer, true, None);
+        set_forwarding(&mut headers, &client, &ip_header(peer), true, None);
         assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 127.0.0.2, 127.0.0.1");
         assert_eq!(headers["x-real-ip"], "203.0.113.7");
         assert_eq!(headers["x-forwarded-proto"], "https");

@@ -11,7 +11,6 @@ pub mod headers;
 mod upgrade;
 
 use std::convert::Infallible;
-use std::error::Error as StdError;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +18,7 @@ use std::time::SystemTime;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -35,8 +34,9 @@ use crate::router::normalize_host;
 use crate::snapshot::{Route, Snapshot};
 use crate::state::State;
 use crate::upstream::Target;
+use crate::upstream::pool::{self, ConnectError, Lease};
 use body::{ClientBodyError, ResponseBody, UpstreamRequestBody, find_client_body_error};
-use error::ProxyError;
+use error::{ProxyError, UpstreamError};
 
 /// One request from receipt to the end of its response. Dropping it does the
 /// accounting, so a request abandoned half-way is counted and logged too.
@@ -263,23 +263,16 @@ fn balance_key(route: &Route, client: &ClientAddr, host: &str, parts: &Parts) ->
     }
 }
 
-/// Builds the upstream URI: the target's authority, its path prefix and the request's
-/// path and query.
+/// Builds the upstream request target in origin form: the target's path prefix and the
+/// request's path and query (RFC 9112 section 3.2.1).
 fn upstream_uri(target: &Target, original: &Uri) -> Result<Uri, http::Error> {
-    let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
-    let path_and_query = if target.path_prefix.is_empty() || path_and_query == "*" {
-        match original.path_and_query() {
-            Some(existing) => existing.clone(),
-            None => PathAndQuery::from_static("/"),
-        }
-    } else {
-        PathAndQuery::try_from(format!("{}{path_and_query}", target.path_prefix))?
+    let path_and_query = match original.path_and_query() {
+        Some(existing) if target.path_prefix.is_empty() || existing.as_str() == "*" => existing.clone(),
+        Some(existing) => PathAndQuery::try_from(format!("{}{}", target.path_prefix, existing.as_str()))?,
+        None if target.path_prefix.is_empty() => PathAndQuery::from_static("/"),
+        None => PathAndQuery::try_from(format!("{}/", target.path_prefix))?,
     };
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(target.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
+    Ok(Uri::from(path_and_query))
 }
 
 fn redirect_to_https(host: &str, port: Option<u16>, uri: &Uri) -> Response<ResponseBody> {
@@ -299,19 +292,6 @@ fn redirect_to_https(host: &str, port: Option<u16>, uri: &Uri) -> Response<Respo
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
-}
-
-fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        current = error.source();
-    }
-    false
 }
 
 async fn forward(
@@ -362,7 +342,7 @@ async fn forward(
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     // hyper sends `100 Continue` itself when the body is first read.
     parts.headers.remove(header::EXPECT);
-    headers::set_forwarding(&mut parts.headers, &client, conn.peer.ip(), conn.tls, host_value);
+    headers::set_forwarding(&mut parts.headers, &client, &conn.peer_header, conn.tls, host_value);
     parts.version = Version::HTTP_11;
 
     let key = balance_key(route, &client, host.as_str(), &parts);
@@ -374,7 +354,7 @@ async fn forward(
     };
     let deadline = snapshot.timeouts.write.map(|limit| received + limit);
 
-    let mut response = send(state, route, parts, body, key, deadline, exchange).await?;
+    let (mut response, lease) = send(route, parts, body, key, deadline, exchange).await?;
 
     if let Some(client_upgrade) = client_upgrade {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -394,7 +374,53 @@ async fn forward(
 
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(parts, ResponseBody::upstream(body, deadline)))
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, deadline, lease),
+    ))
+}
+
+/// Why one attempt to exchange a request with a target failed.
+enum AttemptError {
+    /// No connection could be opened; nothing was sent.
+    Connect(ConnectError),
+    /// The request failed on an open connection before a response head arrived.
+    Send(hyper::Error),
+}
+
+/// Sends `request` to `target` on a pooled connection, or on a new one.
+///
+/// A pooled connection that turns out to be closed before the request was written is
+/// dropped and the next one tried, since nothing was sent on it.
+async fn exchange_with(
+    target: &Target,
+    mut request: Request<UpstreamRequestBody>,
+) -> Result<(Response<Incoming>, Lease), AttemptError> {
+    loop {
+        let (mut sender, reused) = match target.connections.checkout() {
+            Some(sender) => (sender, true),
+            None => (pool::connect(&target.addr).await.map_err(AttemptError::Connect)?, false),
+        };
+        if let Err(error) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
+            if reused {
+                continue;
+            }
+            return Err(AttemptError::Send(error));
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                let lease = Lease {
+                    sender,
+                    pool: target.connections.clone(),
+                };
+                return Ok((response, lease));
+            }
+            Err(mut error) => match error.take_message() {
+                Some(unsent) if reused => request = unsent,
+                _ => return Err(AttemptError::Send(error.into_error())),
+            },
+        }
+    }
 }
 
 /// Sends a request to a target of the route's pool, retrying once where that is safe.
@@ -403,14 +429,13 @@ async fn forward(
 /// failure before a response head (such as a pooled connection the upstream had just
 /// closed) is retried once for idempotent requests without a body.
 async fn send(
-    state: &State,
     route: &Route,
     parts: Parts,
     body: UpstreamRequestBody,
     key: u64,
     deadline: Option<Instant>,
     exchange: &mut Exchange,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let pool = &route.pool;
     let replayable = body.is_end_stream() && !parts.headers.contains_key(header::UPGRADE);
     let idempotent = is_idempotent(&parts.method);
@@ -432,44 +457,38 @@ async fn send(
         *request.uri_mut() = uri;
 
         let sent_at = Instant::now();
-        let sent = state.client.request(request);
+        let attempt = exchange_with(target, request);
         let result = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, sent).await,
-            None => Ok(sent.await),
+            Some(deadline) => tokio::time::timeout_at(deadline, attempt).await,
+            None => Ok(attempt.await),
         };
 
-        let error = match result {
-            Ok(Ok(response)) => {
+        let (connect, error) = match result {
+            Ok(Ok((response, lease))) => {
                 target.health.record_success();
                 target.stats.record_response(sent_at.elapsed());
                 exchange.set_upstream(target, Some(response.status().as_u16()));
-                return Ok(response);
+                return Ok((response, lease));
             }
-            Err(_elapsed) => {
+            Err(_) | Ok(Err(AttemptError::Connect(ConnectError::TimedOut))) => {
                 target.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 pool.record_failure(index);
                 return Err(ProxyError::UpstreamTimeout {
                     target: target.url.clone(),
                 });
             }
-            Ok(Err(error)) => error,
+            Ok(Err(AttemptError::Connect(error))) => (true, UpstreamError::Connect(error)),
+            Ok(Err(AttemptError::Send(error))) => {
+                if let Some(body_error) = find_client_body_error(&error) {
+                    return Err(match body_error {
+                        ClientBodyError::TooLarge => ProxyError::BodyTooLarge,
+                        ClientBodyError::TimedOut => ProxyError::RequestTimeout,
+                    });
+                }
+                (false, UpstreamError::Exchange(error))
+            }
         };
 
-        if let Some(body_error) = find_client_body_error(&error) {
-            return Err(match body_error {
-                ClientBodyError::TooLarge => ProxyError::BodyTooLarge,
-                ClientBodyError::TimedOut => ProxyError::RequestTimeout,
-            });
-        }
-
-        let connect = error.is_connect();
-        if connect && is_timeout(&error) {
-            target.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            pool.record_failure(index);
-            return Err(ProxyError::UpstreamTimeout {
-                target: target.url.clone(),
-            });
-        }
         if connect {
             target.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
             if pool.record_failure(index) {
@@ -508,25 +527,23 @@ mod tests {
         Target {
             url: "http://127.0.0.1:9000".into(),
             authority: "127.0.0.1:9000".parse().unwrap(),
+            addr: crate::upstream::TargetAddr::Socket("127.0.0.1:9000".parse().unwrap()),
             path_prefix: prefix.into(),
             health: Arc::new(TargetHealth::default()),
             stats: Arc::default(),
+            connections: Arc::default(),
         }
     }
 
     #[test]
     fn upstream_uri_joins_prefix() {
         let original: Uri = "/a/b?x=1".parse().unwrap();
-        assert_eq!(
-            upstream_uri(&target(""), &original).unwrap(),
-            "http://127.0.0.1:9000/a/b?x=1"
-        );
-        assert_eq!(
-            upstream_uri(&target("/base"), &original).unwrap(),
-            "http://127.0.0.1:9000/base/a/b?x=1"
-        );
+        assert_eq!(upstream_uri(&target(""), &original).unwrap(), "/a/b?x=1");
+        assert_eq!(upstream_uri(&target("/base"), &original).unwrap(), "/base/a/b?x=1");
         let absolute: Uri = "http://a.test/p".parse().unwrap();
-        assert_eq!(upstream_uri(&target(""), &absolute).unwrap(), "http://127.0.0.1:9000/p");
+        assert_eq!(upstream_uri(&target(""), &absolute).unwrap(), "/p");
+        let asterisk: Uri = "*".parse().unwrap();
+        assert_eq!(upstream_uri(&target("/base"), &asterisk).unwrap(), "*");
     }
 
     #[test]

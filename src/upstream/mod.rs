@@ -1,50 +1,18 @@
-//! Upstream targets, their pools and passive health, and the pooled HTTP client.
+//! Upstream targets, their pools and passive health, and their connections.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::Balancer;
 use crate::clock;
 use crate::metrics::TargetStats;
-use crate::proxy::body::UpstreamRequestBody;
 
-/// How long an idle upstream connection stays in the pool.
-///
-/// Shorter than the keep-alive timeouts of common upstream servers (Node.js and Apache
-/// use 5 s), so the gateway closes an idle connection before the upstream does and
-/// rarely sends a request into a connection that is being closed.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+pub mod pool;
 
-/// Maximum idle connections kept per upstream address.
-pub const POOL_MAX_IDLE_PER_HOST: usize = 1024;
-
-/// Time allowed to open a TCP connection to an upstream.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The shared upstream client; its connection pool outlives every snapshot.
-pub type HttpClient = Client<HttpConnector, UpstreamRequestBody>;
-
-pub fn build_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    connector.enforce_http(true);
-
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .retry_canceled_requests(true)
-        .set_host(false)
-        .build(connector)
-}
+pub use pool::{ConnectionPool, TargetAddr};
 
 /// Passive health of one target: failures mark it down for a while.
 #[derive(Debug, Default)]
@@ -93,10 +61,13 @@ pub struct Target {
     /// The URL as configured, used in logs and as its identity on the hash ring.
     pub url: Box<str>,
     pub authority: Authority,
+    pub addr: TargetAddr,
     /// Path prepended to request paths; empty for none.
     pub path_prefix: Box<str>,
     pub health: Arc<TargetHealth>,
     pub stats: Arc<TargetStats>,
+    /// Idle connections to this target's address, shared by every route that uses it.
+    pub connections: Arc<ConnectionPool>,
 }
 
 /// The targets of one route and how to choose among them.

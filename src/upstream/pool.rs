@@ -1,0 +1,202 @@
+//! Upstream connections: a pool of idle HTTP/1.1 connections per upstream address.
+//!
+//! A request takes an idle connection (the most recently used first) or opens a new one,
+//! and the response body hands it back when it ends. Pools are keyed by the target's
+//! address in the registry and reached through the snapshot, so a request never hashes
+//! a key to find its pool and reloads keep warm connections. An idle connection is
+//! closed after `POOL_IDLE_TIMEOUT`, before common upstream keep-alive timeouts, by
+//! the checkout that finds it and by a reaper task that runs every second.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::proxy::body::UpstreamRequestBody;
+
+/// How long an idle upstream connection stays in the pool.
+///
+/// Shorter than the keep-alive timeouts of common upstream servers (Node.js and Apache
+/// use 5 s), so the gateway closes an idle connection before the upstream does and
+/// rarely sends a request into a connection that is being closed.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Maximum idle connections kept per upstream address.
+pub const POOL_MAX_IDLE: usize = 1024;
+
+/// Time allowed to open a TCP connection to an upstream.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The sending half of an upstream HTTP/1.1 connection; its connection task runs apart.
+pub type Sender = SendRequest<UpstreamRequestBody>;
+
+/// Where a target listens: a socket address, or a name resolved at each connect.
+#[derive(Debug, Clone)]
+pub enum TargetAddr {
+    Socket(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl TargetAddr {
+    /// Reads the address of an authority such as `127.0.0.1:8080`, `[::1]:80` or
+    /// `app.internal`; the port defaults to 80.
+    pub fn from_authority(authority: &http::uri::Authority) -> TargetAddr {
+        let port = authority.port_u16().unwrap_or(80);
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        match host.parse() {
+            Ok(ip) => TargetAddr::Socket(SocketAddr::new(ip, port)),
+            Err(_) => TargetAddr::Name {
+                host: host.to_owned(),
+                port,
+            },
+        }
+    }
+}
+
+/// Why an upstream connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("failed to resolve {host}: {source}")]
+    Resolve { host: String, source: io::Error },
+    #[error("connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("connection timed out after {CONNECT_TIMEOUT:?}")]
+    TimedOut,
+    #[error("HTTP/1.1 handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+async fn connect_tcp(addr: &TargetAddr) -> Result<TcpStream, ConnectError> {
+    match addr {
+        TargetAddr::Socket(socket) => Ok(TcpStream::connect(socket).await?),
+        TargetAddr::Name { host, port } => {
+            let addrs = tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .map_err(|source| ConnectError::Resolve {
+                    host: host.clone(),
+                    source,
+                })?;
+            let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
+            for socket in addrs {
+                match TcpStream::connect(socket).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(error) => last = error,
+                }
+            }
+            Err(ConnectError::Io(last))
+        }
+    }
+}
+
+/// Opens a connection to `addr` and starts its connection task.
+pub async fn connect(addr: &TargetAddr) -> Result<Sender, ConnectError> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect_tcp(addr))
+        .await
+        .map_err(|_| ConnectError::TimedOut)??;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        // An upgrade (such as a WebSocket) hands the socket to the splice task.
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(error = %error, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The idle connections to one upstream address.
+#[derive(Default)]
+pub struct ConnectionPool {
+    /// Oldest first; requests take from the back, the most recently used.
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+impl std::fmt::Debug for ConnectionPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionPool")
+            .field("idle", &self.idle_count())
+            .finish()
+    }
+}
+
+impl ConnectionPool {
+    /// Takes the most recently used open connection, closing expired ones on the way.
+    pub fn checkout(&self) -> Option<Sender> {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while let Some(entry) = idle.pop_back() {
+            if now.duration_since(entry.since) < POOL_IDLE_TIMEOUT && !entry.sender.is_closed() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose response ended, unless it closed or the pool is full.
+    pub fn checkin(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < POOL_MAX_IDLE {
+            idle.push_back(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes idle connections older than `POOL_IDLE_TIMEOUT` or closed by the upstream.
+    pub fn prune(&self) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        idle.retain(|entry| now.duration_since(entry.since) < POOL_IDLE_TIMEOUT && !entry.sender.is_closed());
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+    }
+}
+
+/// A connection lent to one request, returned to its pool when the response ends.
+pub struct Lease {
+    pub sender: Sender,
+    pub pool: std::sync::Arc<ConnectionPool>,
+}
+
+impl Lease {
+    /// Returns the connection for reuse; dropping a lease instead closes it.
+    pub fn release(self) {
+        self.pool.checkin(self.sender);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_addresses() {
+        let ip: http::uri::Authority = "127.0.0.1:8080".parse().unwrap();
+        assert!(
+            matches!(TargetAddr::from_authority(&ip), TargetAddr::Socket(a) if a == "127.0.0.1:8080".parse().unwrap())
+        );
+        let v6: http::uri::Authority = "[::1]".parse().unwrap();
+        assert!(matches!(TargetAddr::from_authority(&v6), TargetAddr::Socket(a) if a == "[::1]:80".parse().unwrap()));
+        let name: http::uri::Authority = "app.internal:9000".parse().unwrap();
+        assert!(
+            matches!(TargetAddr::from_authority(&name), TargetAddr::Name { ref host, port: 9000 } if host == "app.internal")
+        );
+    }
+}
