@@ -38,26 +38,41 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
 }
 
-/// Returns whether `name` is hop-by-hop on its own, without a `Connection` listing.
-fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+/// Bits for the hop-by-hop headers that are hop-by-hop by name alone.
+const CONNECTION_BIT: u8 = 1;
+const UPGRADE_BIT: u8 = 1 << 1;
+
+/// Returns the bit of a header that is hop-by-hop by name alone, or 0.
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    if name == header::CONNECTION {
+        CONNECTION_BIT
+    } else if name == header::UPGRADE {
+        UPGRADE_BIT
+    } else if name == header::TE {
+        1 << 2
+    } else if name == header::TRAILER {
+        1 << 3
+    } else if name == header::TRANSFER_ENCODING {
+        1 << 4
+    } else if name == KEEP_ALIVE {
+        1 << 5
+    } else if name == PROXY_CONNECTION {
+        1 << 6
+    } else {
+        0
+    }
 }
 
 /// Removes hop-by-hop headers; with `keep_upgrade` the upgrade handshake stays.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names first: most messages carry no hop-by-hop header, and a
-    // scan is cheaper than a lookup per name.
-    if !keep_upgrade && !headers.keys().any(is_fixed_hop_by_hop) {
+    // One pass over the names finds which hop-by-hop headers are present, so only
+    // those are looked up and removed; most messages carry none or only `Connection`.
+    let present = headers.keys().fold(0u8, |bits, name| bits | hop_by_hop_bit(name));
+    if present == 0 && !keep_upgrade {
         return;
     }
 
-    if headers.contains_key(header::CONNECTION) {
+    if present & CONNECTION_BIT != 0 {
         let mut listed: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
             let Ok(text) = value.to_str() else { continue };
@@ -80,15 +95,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(header::CONNECTION);
     }
 
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TE);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
+    for (bit, name) in [
+        (1 << 2, &header::TE),
+        (1 << 3, &header::TRAILER),
+        (1 << 4, &header::TRANSFER_ENCODING),
+        (1 << 5, &KEEP_ALIVE),
+        (1 << 6, &PROXY_CONNECTION),
+    ] {
+        if present & bit != 0 {
+            headers.remove(name);
+        }
+    }
 
     if keep_upgrade {
         headers.insert(header::CONNECTION, UPGRADE.clone());
-    } else {
+    } else if present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
     }
 }

@@ -294,13 +294,27 @@ fn redirect_to_https(host: &str, port: Option<u16>, uri: &Uri) -> Response<Respo
     response
 }
 
-async fn forward(
+/// A request checked, routed and rewritten, ready to be sent upstream.
+struct Prepared {
+    route: usize,
+    parts: Parts,
+    body: UpstreamRequestBody,
+    key: u64,
+    deadline: Option<Instant>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// Checks, routes and rewrites a request: everything before it goes upstream.
+///
+/// This is a plain function, so its locals (such as the host buffer) stay out of the
+/// request future, which is smaller and cheaper to move for it.
+fn prepare(
     state: &State,
     snapshot: &Snapshot,
     conn: &Connection,
     mut request: Request<Incoming>,
     exchange: &mut Exchange,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<Result<Prepared, Response<ResponseBody>>, ProxyError> {
     let received = exchange.started;
 
     if request.method() == Method::CONNECT {
@@ -326,7 +340,11 @@ async fn forward(
     exchange.set_route(route);
 
     if route.redirect_https && !conn.tls {
-        return Ok(redirect_to_https(host.as_str(), snapshot.https_port, request.uri()));
+        return Ok(Err(redirect_to_https(
+            host.as_str(),
+            snapshot.https_port,
+            request.uri(),
+        )));
     }
 
     let upgrade = request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
@@ -341,7 +359,9 @@ async fn forward(
 
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     // hyper sends `100 Continue` itself when the body is first read.
-    parts.headers.remove(header::EXPECT);
+    if parts.headers.contains_key(header::EXPECT) {
+        parts.headers.remove(header::EXPECT);
+    }
     headers::set_forwarding(&mut parts.headers, &client, &conn.peer_header, conn.tls, host_value);
     parts.version = Version::HTTP_11;
 
@@ -352,11 +372,33 @@ async fn forward(
         let body_deadline = snapshot.timeouts.read.map(|limit| received + limit);
         UpstreamRequestBody::streaming(body, snapshot.max_body_bytes, body_deadline)
     };
-    let deadline = snapshot.timeouts.write.map(|limit| received + limit);
+    Ok(Ok(Prepared {
+        route: index,
+        parts,
+        body,
+        key,
+        deadline: snapshot.timeouts.write.map(|limit| received + limit),
+        client_upgrade,
+    }))
+}
 
-    let (mut response, lease) = send(route, parts, body, key, deadline, exchange).await?;
+async fn forward(
+    state: &State,
+    snapshot: &Snapshot,
+    conn: &Connection,
+    request: Request<Incoming>,
+    exchange: &mut Exchange,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let prepared = match prepare(state, snapshot, conn, request, exchange)? {
+        Ok(prepared) => prepared,
+        Err(response) => return Ok(response),
+    };
+    let route = &snapshot.routes[prepared.route];
+    let deadline = prepared.deadline;
 
-    if let Some(client_upgrade) = client_upgrade {
+    let (mut response, lease) = send(route, prepared.parts, prepared.body, prepared.key, deadline, exchange).await?;
+
+    if let Some(client_upgrade) = prepared.client_upgrade {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             upgrade::splice(
@@ -366,6 +408,8 @@ async fn forward(
                 upstream_upgrade,
                 snapshot.timeouts.idle,
             );
+            // The upgraded socket leaves the pool for good.
+            drop(lease);
             let (mut parts, _) = response.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers, true);
             return Ok(Response::from_parts(parts, ResponseBody::empty()));
