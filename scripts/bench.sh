@@ -176,6 +176,7 @@ start_proxy() {
     sleep 0.05
   done
   echo "bench: $1 did not start listening on $addr" >&2
+  [ "$1" = minigateway ] && tail -n 5 "$work/gateway/logs/console.log" >&2
   exit 1
 }
 
@@ -208,12 +209,12 @@ record() {
 }
 
 run_wrk() {
-  # $1: case, $2: proxy, $3: URL, $4 extra wrk args. Load on core 0.
+  # $1: case, $2: proxy, $3: URL, then extra wrk arguments. Load on core 0.
   local out=$work/wrk.txt
   taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d2s -H 'Host: bench.test' "$3" >/dev/null 2>&1 || true
   local before after
   before=$(cpu_ticks "$proxy_pid")
-  taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H 'Host: bench.test' ${4:-} "$3" >"$out" 2>&1
+  taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H 'Host: bench.test' "${@:4}" "$3" >"$out" 2>&1
   after=$(cpu_ticks "$proxy_pid")
   local requests rps p50 p99 errors
   requests=$(awk '/requests in/ { print $1 }' "$out")
@@ -287,15 +288,16 @@ ssl_certificate = \"bench.crt\"
 ssl_certificate_key = \"bench.key\"" ;;
         guards)
           [ "$proxy" = nginx ] && continue
+          # Counts high enough that the load (one client address) is never rejected.
           gateway_config "" "[ccDefense]
 enable = true
 timeDuration = 1000
-count = 100000000
+count = 1000000
 blackTime = 1
 [limitReq]
 enable = true
 timeDuration = 1000
-count = 100000000
+count = 1000000
 mode = 1"
           sed -i "s|logLevel = \"warn\"|logLevel = \"warn\"\naccessLog = true|" "$work/gateway/configs/gateway.toml" ;;
         accesslog)
@@ -315,7 +317,7 @@ mode = 1"
         64k) run_wrk 64k "$proxy" "http://$http_addr/64k" ;;
         rate) run_rate rate "$proxy" "$http_addr" ;;
         https) run_wrk https "$proxy" "https://$https_addr/" ;;
-        handshake) run_wrk handshake "$proxy" "https://$https_addr/" "-H Connection:close" ;;
+        handshake) run_wrk handshake "$proxy" "https://$https_addr/" -H 'Connection: close' ;;
         h2) run_h2load h2 "$proxy" "https://$https_addr/" "-m 10" ;;
         idle) idle_memory "$proxy" "$http_addr" ;;
         guards) run_wrk "guards+accesslog" "$proxy" "http://$http_addr/" ;;
