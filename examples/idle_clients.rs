@@ -1,4 +1,4 @@
-//! Opens many keep-alive connections to a proxy, sends one request on each, then holds
+//! Opens many keep-alive connections to a proxy, sends one request on each, then keeps
 //! them idle, so a benchmark can measure the proxy's memory per idle connection.
 //!
 //! Usage: `idle_clients <ADDRESS> <HOST> <CONNECTIONS> <HOLD-SECONDS>`. Prints

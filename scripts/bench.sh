@@ -62,7 +62,7 @@ NGINX_HTTPS=127.0.0.1:19443
 GATEWAY_HTTP=127.0.0.1:19081
 GATEWAY_HTTPS=127.0.0.1:19444
 
-# --- the upstream: nginx answering fixed bodies on core 0 ---
+# --- the upstream: nginx serving fixed bodies on core 0 ---
 mkdir -p "$work/www" "$work/upstream" "$work/nginx" "$work/gateway/configs" "$work/gateway/cert" "$work/gateway/logs"
 printf 'pong' >"$work/www/index.txt"
 head -c 65536 /dev/zero | tr '\0' 'x' >"$work/www/64k.txt"

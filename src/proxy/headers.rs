@@ -66,7 +66,7 @@ fn hop_by_hop_bit(name: &HeaderName) -> u8 {
 /// Removes hop-by-hop headers; with `keep_upgrade` the upgrade handshake stays.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names finds which hop-by-hop headers are present, so only
-    // those are looked up and removed; most messages carry none or only `Connection`.
+    // those are looked up and removed. Most messages carry none or only `Connection`.
     let present = headers.keys().fold(0u8, |bits, name| bits | hop_by_hop_bit(name));
     if present == 0 && !keep_upgrade {
         return;

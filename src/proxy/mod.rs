@@ -56,7 +56,7 @@ pub struct Exchange {
     log: Option<Box<PendingLine>>,
 }
 
-/// What the access log line needs beyond the counters.
+/// The access log fields an exchange keeps beyond its counters.
 struct PendingLine {
     log: Arc<AccessLog>,
     time: SystemTime,
@@ -194,7 +194,7 @@ pub async fn handle(
     Ok(response)
 }
 
-/// Logs a request the gateway answered itself: upstream failures as warnings, guard
+/// Logs a request the gateway responded to itself: upstream failures as warnings, guard
 /// rejections at debug level, other client faults as information. Each reason is
 /// throttled, since a broken upstream or a flood repeats it for every request.
 fn log_error(state: &State, conn: &Connection, client: IpAddr, error: &ProxyError) {
@@ -424,7 +424,7 @@ async fn forward(
     ))
 }
 
-/// Why one attempt to exchange a request with a target failed.
+/// The failure of one attempt to exchange a request with a target.
 enum AttemptError {
     /// No connection could be opened; nothing was sent.
     Connect(ConnectError),

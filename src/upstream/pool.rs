@@ -36,7 +36,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The sending half of an upstream HTTP/1.1 connection; its connection task runs apart.
 pub type Sender = SendRequest<UpstreamRequestBody>;
 
-/// Where a target listens: a socket address, or a name resolved at each connect.
+/// A target's address: a socket address, or a name resolved at each connect.
 #[derive(Debug, Clone)]
 pub enum TargetAddr {
     Socket(SocketAddr),
@@ -59,7 +59,7 @@ impl TargetAddr {
     }
 }
 
-/// Why an upstream connection could not be opened.
+/// Errors that stop an upstream connection from opening.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("failed to resolve {host}: {source}")]

@@ -1,19 +1,13 @@
 //! The `minigateway` binary: `-t`, and a graceful stop on SIGTERM.
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::pki::{LeafSpec, Signer, TestCa, offline_response, write};
-use crate::support::{Upstream, get};
+use crate::support::{Upstream, free_addr, get, wait_listening};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_minigateway");
-
-/// Returns a free loopback port; the gap until the gateway binds it is short.
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
 
 fn write_tree(text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -86,14 +80,6 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start listening on {addr}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

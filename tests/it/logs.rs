@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use regex::Regex;
 
-use crate::support::{TestGateway, Upstream, closed_addr, config, raw};
+use crate::support::{TestGateway, Upstream, closed_addr, config, free_port, raw};
 
 /// Waits until `file` has at least `count` lines and returns them.
 async fn wait_for_lines(file: &Path, count: usize) -> Vec<String> {
@@ -121,14 +121,6 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

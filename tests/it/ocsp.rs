@@ -15,9 +15,9 @@ use tokio::net::TcpListener;
 use x509_cert::der::Decode;
 use x509_ocsp::{BasicOcspResponse, OcspResponse};
 
-use crate::support::pki::{Leaf, LeafSpec, OcspResponder, Signer, TestCa, free_port, offline_response, url_for, write};
+use crate::support::pki::{Leaf, LeafSpec, OcspResponder, Signer, TestCa, offline_response, url_for, write};
 use crate::support::tls_client::{ClientOptions, Presented, handshake};
-use crate::support::{SilentUpstream, TestGateway, Upstream, config, get, tree};
+use crate::support::{SilentUpstream, TestGateway, Upstream, config, free_port, get, tree};
 
 /// Time allowed for the first fetch of a staple after start-up.
 const FIRST_STAPLE: Duration = Duration::from_secs(10);

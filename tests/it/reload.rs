@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use minigateway::Gateway;
 use minigateway::reload::ReloadOutcome;
 
-use crate::support::{TestGateway, Upstream, config, get, pooled, raw};
+use crate::support::{TestGateway, Upstream, config, free_port, get, pooled, raw, wait_listening};
 
 fn route_to(upstream: &Upstream) -> String {
     config(
@@ -355,14 +355,6 @@ async fn listen_port_change_moves_listener() {
     assert_eq!(gw.gateway.http_addrs(), vec![new]);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts the binary with `text` as its configuration; returns it with its tree.
 fn spawn_binary(text: &str) -> (std::process::Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -377,14 +369,6 @@ fn spawn_binary(text: &str) -> (std::process::Child, tempfile::TempDir) {
         .spawn()
         .unwrap();
     (child, dir)
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -235,7 +235,7 @@ async fn redirect_https_reaches_tls_listener() {
     let dir = tree();
     write_pair(dir.path(), "a", &a, &ca);
     // The redirect names the HTTPS port, so the listener needs a fixed one.
-    let port = crate::support::pki::free_port();
+    let port = crate::support::free_port();
     let text = config(
         &format!("httpsListen = [\"127.0.0.1:{port}\"]"),
         &format!(

@@ -4,9 +4,11 @@ pub mod client;
 pub mod gateway;
 pub mod logs;
 pub mod pki;
+pub mod ports;
 pub mod tls_client;
 pub mod upstream;
 
 pub use client::{RawResponse, connect_from, get, pooled, raw, read_response, send};
 pub use gateway::{TestGateway, config, tree};
+pub use ports::{free_addr, free_port, wait_listening};
 pub use upstream::{SilentUpstream, Upstream, closed_addr};

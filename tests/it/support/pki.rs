@@ -443,13 +443,6 @@ pub fn offline_response(dir: &Path, ca: &TestCa, signer: Signer<'_>, leaf: &Leaf
     std::fs::read(&response).unwrap()
 }
 
-/// Returns a loopback port that was free a moment ago, for a responder whose URL must
-/// be written into certificates before it starts.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 pub fn url_for(port: u16) -> String {
     format!("http://127.0.0.1:{port}/")
 }
