@@ -141,7 +141,7 @@ pub fn prepare(settings: &Log) -> Result<Option<PreparedFile>, String> {
             tracing_appender::non_blocking::NonBlockingBuilder::default()
                 .lossy(true)
                 .thread_name("log-writer")
-                .finish(appender),
+                .finish(std::io::BufWriter::new(appender)),
         )
     } else {
         None
