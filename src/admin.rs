@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::config::HashKey;
 use crate::exposition;
-use crate::listener::ListenerInfo;
+use crate::listener::{ListenerInfo, Sharing};
 use crate::reload::{ControlPlane, ReloadHandle, ReloadOutcome, Trigger};
 use crate::state::State;
 
@@ -42,8 +42,13 @@ pub struct AdminServer {
 
 impl AdminServer {
     /// Binds the admin listener without serving, so a reload can fail before any change.
-    pub fn bind(addr: SocketAddr) -> std::io::Result<BoundAdmin> {
-        let listener = crate::listener::bind(addr).map_err(|error| {
+    pub fn bind(addr: SocketAddr, sharing: Sharing) -> std::io::Result<BoundAdmin> {
+        let exclusive = if sharing == Sharing::Exclusive {
+            crate::listener::ensure_unused(addr)
+        } else {
+            Ok(())
+        };
+        let listener = exclusive.and_then(|()| crate::listener::bind(addr)).map_err(|error| {
             std::io::Error::new(error.kind(), format!("failed to bind admin listener {addr}: {error}"))
         })?;
         let addr = listener.local_addr()?;
@@ -126,8 +131,36 @@ fn json_response(status: StatusCode, value: Value) -> Response<Full<Bytes>> {
     response
 }
 
-fn method_not_allowed() -> Response<Full<Bytes>> {
-    json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method not allowed"}))
+/// Builds a 405 with the methods `path` accepts in `Allow` (RFC 9110 section 15.5.6).
+fn method_not_allowed(path: &str) -> Response<Full<Bytes>> {
+    let allow = match path {
+        "/reload" => "POST",
+        _ if path.starts_with("/bans/") => "DELETE",
+        _ => "GET",
+    };
+    let mut response = json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method not allowed"}));
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    response
+}
+
+/// Decodes `%XX` escapes in a path segment, such as `%3A` in an IPv6 address.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
 }
 
 /// Returns whether the request carries the configured bearer token, compared in
@@ -199,8 +232,10 @@ async fn route(context: &Context, request: Request<Incoming>) -> Response<Full<B
         },
         (&Method::GET, "/bans") => json_response(StatusCode::OK, bans(state)),
         (&Method::DELETE, path) if path.starts_with("/bans/") => unban(state, &path["/bans/".len()..]),
-        (_, "/api_status/reqcount" | "/status" | "/config" | "/metrics" | "/reload" | "/bans") => method_not_allowed(),
-        (_, path) if path.starts_with("/bans/") => method_not_allowed(),
+        (_, "/api_status/reqcount" | "/status" | "/config" | "/metrics" | "/reload" | "/bans") => {
+            method_not_allowed(path)
+        }
+        (_, path) if path.starts_with("/bans/") => method_not_allowed(path),
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
     }
 }
@@ -314,7 +349,8 @@ fn bans(state: &State) -> Value {
 }
 
 /// Handles `DELETE /bans/{ip}`: lifts a CC ban.
-fn unban(state: &State, text: &str) -> Response<Full<Bytes>> {
+fn unban(state: &State, segment: &str) -> Response<Full<Bytes>> {
+    let text = percent_decode(segment).unwrap_or_else(|| segment.to_owned());
     let Ok(ip) = text.parse::<std::net::IpAddr>() else {
         return json_response(
             StatusCode::BAD_REQUEST,
@@ -409,4 +445,17 @@ fn status(state: &State) -> Value {
         "certificates": certificates,
         "tls": tls,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decode_escapes() {
+        assert_eq!(percent_decode("%3A%3A1").as_deref(), Some("::1"));
+        assert_eq!(percent_decode("127.0.0.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%3"), None);
+    }
 }

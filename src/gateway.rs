@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::AdminServer;
 use crate::config::{Config, ConfigError};
-use crate::listener::{ListenerInfo, ListenerKind};
+use crate::listener::{ListenerInfo, ListenerKind, Sharing};
 use crate::reload::{ControlPlane, Controller, ReloadHandle, ReloadOutcome, Trigger, wanted_listeners};
 use crate::state::State;
 use crate::tls::{self, TlsError};
@@ -56,6 +56,12 @@ impl Gateway {
     /// Must run inside a Tokio runtime. A configuration error, a certificate that fails
     /// to load or a listener that cannot be bound stops start-up with that error.
     pub async fn start(config_path: impl AsRef<Path>) -> Result<Gateway, StartError> {
+        Gateway::start_with(config_path, Sharing::Exclusive).await
+    }
+
+    /// Starts as [`Gateway::start`] does; with [`Sharing::Shared`] the listeners may bind
+    /// beside another process's on the same addresses, for a zero-downtime upgrade.
+    pub async fn start_with(config_path: impl AsRef<Path>, sharing: Sharing) -> Result<Gateway, StartError> {
         let config_path = config_path.as_ref().to_path_buf();
         let config = Arc::new(Config::load(&config_path)?);
         let state = Arc::new(State::new(config.clone())?);
@@ -63,12 +69,12 @@ impl Gateway {
         let access_log = state.prepare_access_log(&config.log).map_err(StartError::Log)?;
         state.commit_access_log(access_log);
 
-        let listeners = plane.listeners.prepare(&wanted_listeners(&config))?;
+        let listeners = plane.listeners.prepare(&wanted_listeners(&config), sharing)?;
         plane.listeners.commit(&state, listeners);
 
         let (controller, reloads, requests) = Controller::new(state.clone(), plane.clone(), config_path.clone());
         if config.admin.enable {
-            let admin = AdminServer::bind(config.admin.listen)?.start(
+            let admin = AdminServer::bind(config.admin.listen, sharing)?.start(
                 state.clone(),
                 controller.handle(),
                 Arc::downgrade(&plane),

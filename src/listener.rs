@@ -49,6 +49,42 @@ impl std::fmt::Display for ListenerKind {
     }
 }
 
+/// How to treat an address that another socket already listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Fail, as nginx does: SO_REUSEPORT alone would let a second process share the
+    /// port silently, and the kernel would split connections between the two.
+    Exclusive,
+    /// Bind beside it: a new binary starting next to the old one for an upgrade.
+    Shared,
+}
+
+/// Fails with `AddrInUse` when a socket already listens on `addr`.
+///
+/// The probe binds without SO_REUSEPORT, which the kernel refuses while any socket
+/// listens there, with or without that option.
+pub fn ensure_unused(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into()).map_err(|error| {
+        if error.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                error.kind(),
+                "address already in use by another process; if it is minigateway, stop it with \
+                 `minigateway -s stop`, or start with --upgrade to run beside it",
+            )
+        } else {
+            error
+        }
+    })
+}
+
 /// Binds a TCP listener with SO_REUSEADDR and SO_REUSEPORT.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -95,16 +131,23 @@ impl Listeners {
     /// Binds the addresses of `wanted` that are not open yet, without serving them.
     ///
     /// If one fails to bind, the ones bound here are dropped and nothing changed.
-    pub fn prepare(&self, wanted: &[(SocketAddr, ListenerKind)]) -> io::Result<PreparedListeners> {
+    pub fn prepare(&self, wanted: &[(SocketAddr, ListenerKind)], sharing: Sharing) -> io::Result<PreparedListeners> {
         let open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut fresh = Vec::new();
         for &(addr, kind) in wanted {
             if open.contains_key(&(addr, kind)) {
                 continue;
             }
-            let listener = bind(addr).map_err(|error| {
+            let bind_error = |error: io::Error| {
                 io::Error::new(error.kind(), format!("failed to bind {kind} listener {addr}: {error}"))
-            })?;
+            };
+            // An address this gateway already holds (moving from HTTP to HTTPS) is shared
+            // with itself only.
+            let held = open.keys().any(|(open_addr, _)| *open_addr == addr);
+            if sharing == Sharing::Exclusive && !held {
+                ensure_unused(addr).map_err(bind_error)?;
+            }
+            let listener = bind(addr).map_err(bind_error)?;
             fresh.push((addr, kind, listener));
         }
         Ok(PreparedListeners {

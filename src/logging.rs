@@ -42,6 +42,11 @@ static FILE_STATE: Mutex<Option<(Log, WorkerGuard)>> = Mutex::new(None);
 /// symlink to the newest.
 pub fn rolling_appender(dir: &Path, prefix: &str, settings: &Log) -> Result<RollingFileAppender, String> {
     std::fs::create_dir_all(dir).map_err(|error| format!("failed to create log folder {}: {error}", dir.display()))?;
+    // The appender points its symlink at `dir` joined with the file name, so a relative
+    // folder would make the link resolve inside itself.
+    let dir =
+        std::path::absolute(dir).map_err(|error| format!("failed to resolve log folder {}: {error}", dir.display()))?;
+    let dir = dir.as_path();
     let rotation = match settings.rotation {
         Rotation::Hourly => AppenderRotation::HOURLY,
         Rotation::Daily => AppenderRotation::DAILY,

@@ -10,6 +10,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
 use minigateway::config::{self, Config};
+use minigateway::listener::Sharing;
 use minigateway::reload::Trigger;
 use minigateway::{Gateway, logging, tls};
 
@@ -33,6 +34,11 @@ struct Cli {
     /// Number of worker threads; defaults to one per CPU core.
     #[arg(short = 'w', long = "workers", value_name = "N")]
     workers: Option<usize>,
+
+    /// Start beside a running instance on the same addresses, for a zero-downtime binary
+    /// upgrade: both serve until you stop the old one (its pid is printed).
+    #[arg(long = "upgrade")]
+    upgrade: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -52,7 +58,11 @@ fn pid_file(config: &Path) -> PathBuf {
 fn test_config(path: &Path) -> ExitCode {
     let checked = Config::load(path)
         .map_err(|error| error.to_string())
-        .and_then(|config| tls::check(&config).map_err(|error| error.to_string()));
+        .and_then(|config| {
+            let mut warnings = minigateway::guard::ineffective_settings(&config);
+            warnings.extend(tls::check(&config).map_err(|error| error.to_string())?);
+            Ok(warnings)
+        });
     match checked {
         Ok(warnings) => {
             for warning in warnings {
@@ -94,11 +104,30 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     logging::init(&config.log).map_err(anyhow::Error::msg)?;
 
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).context("failed to install signal handlers")?;
-    let gateway = Gateway::start(&cli.config).await?;
+    let sharing = if cli.upgrade {
+        Sharing::Shared
+    } else {
+        Sharing::Exclusive
+    };
+    let gateway = Gateway::start_with(&cli.config, sharing).await?;
     let reloads = gateway.reload_handle();
 
     let pid_path = pid_file(&cli.config);
-    if let Err(error) = std::fs::write(&pid_path, format!("{}\n", std::process::id())) {
+    let own_pid = format!("{}\n", std::process::id());
+    if cli.upgrade {
+        if let Ok(old) = std::fs::read_to_string(&pid_path) {
+            tracing::info!(
+                "started beside the instance with pid {}; stop it with `kill -TERM {}` once this one serves",
+                old.trim(),
+                old.trim()
+            );
+        }
+    }
+    let written = pid_path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&pid_path, &own_pid));
+    if let Err(error) = written {
         tracing::warn!(file = %pid_path.display(), error = %error, "failed to write pid file; `-s` will not find this instance");
     }
 
@@ -117,7 +146,10 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     }
 
     gateway.shutdown().await;
-    let _ = std::fs::remove_file(&pid_path);
+    // After an upgrade the file names the new instance, which must stay reachable.
+    if std::fs::read_to_string(&pid_path).is_ok_and(|text| text == own_pid) {
+        let _ = std::fs::remove_file(&pid_path);
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::AdminServer;
 use crate::config::{Config, ConfigError, Diagnostic};
-use crate::listener::{ListenerKind, Listeners};
+use crate::listener::{ListenerKind, Listeners, Sharing};
 use crate::logging;
 use crate::snapshot::Snapshot;
 use crate::state::State;
@@ -47,6 +47,17 @@ pub enum Trigger {
     Signal,
     Admin,
     Api,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trigger::FileChange => "file_change",
+            Trigger::Signal => "signal",
+            Trigger::Admin => "admin",
+            Trigger::Api => "api",
+        })
+    }
 }
 
 /// The result of one reload.
@@ -223,11 +234,21 @@ fn summarize(old: &Config, new: &Config) -> String {
     if old.certs != new.certs {
         parts.push("certificates changed".into());
     }
-    if old.core != new.core || old.cc_defense != new.cc_defense || old.limit_req != new.limit_req {
-        parts.push("limits or timeouts changed".into());
-    }
-    if old.log != new.log || old.admin != new.admin || old.ssl_base != new.ssl_base {
-        parts.push("log, admin or TLS settings changed".into());
+    let sections = [
+        ("[core]", old.core != new.core),
+        ("[ccDefense]", old.cc_defense != new.cc_defense),
+        ("[limitReq]", old.limit_req != new.limit_req),
+        ("[log]", old.log != new.log),
+        ("[admin]", old.admin != new.admin),
+        ("[sslBase]", old.ssl_base != new.ssl_base),
+    ];
+    let changed: Vec<&str> = sections
+        .iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(name, _)| *name)
+        .collect();
+    if !changed.is_empty() {
+        parts.push(format!("{} changed", changed.join(", ")));
     }
     if parts.is_empty() {
         return "certificate, key or OCSP file contents changed".into();
@@ -384,16 +405,16 @@ impl Controller {
 
         match &outcome {
             ReloadOutcome::Applied { generation, changes } => {
-                tracing::info!(generation, ?trigger, "configuration reloaded: {changes}");
+                tracing::info!(generation, %trigger, "configuration reloaded: {changes}");
                 self.update_watches();
             }
             ReloadOutcome::Unchanged { generation } => {
-                tracing::debug!(generation, ?trigger, "reload skipped: nothing changed");
+                tracing::debug!(generation, %trigger, "reload skipped: nothing changed");
             }
             ReloadOutcome::Failed { generation, error, .. } => {
                 tracing::error!(
                     generation,
-                    ?trigger,
+                    %trigger,
                     "reload rejected; generation {generation} keeps serving: {error}"
                 );
                 // A file may have moved; watch its new place so the fix is seen.
@@ -405,14 +426,18 @@ impl Controller {
     }
 
     fn record(&self, trigger: Trigger, outcome: &ReloadOutcome) {
-        if matches!(outcome, ReloadOutcome::Unchanged { .. }) && trigger == Trigger::FileChange {
-            return;
-        }
         let mut status = self
             .state
             .reload_status
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // File events that change nothing are frequent (editor swap files, the gateway's
+        // own reads of its folder) and not worth recording, unless they settle an error:
+        // a file put back as it was matches what runs, so the error is over.
+        let unchanged = matches!(outcome, ReloadOutcome::Unchanged { .. });
+        if unchanged && trigger == Trigger::FileChange && status.last_error.is_none() {
+            return;
+        }
         status.last_attempt_unix_ms = Some(unix_ms(SystemTime::now()));
         status.last_trigger = Some(trigger);
         status.last_outcome = Some(outcome.clone());
@@ -425,7 +450,13 @@ impl Controller {
                 status.failed_total += 1;
                 status.last_error = Some(outcome.clone());
             }
-            ReloadOutcome::Unchanged { .. } => {}
+            ReloadOutcome::Unchanged { .. } => {
+                if status.last_error.take().is_some() {
+                    tracing::info!(
+                        "the configuration files match the running configuration again; the last reload error is cleared"
+                    );
+                }
+            }
         }
     }
 
@@ -457,11 +488,14 @@ impl Controller {
 
         let admin_moved = config.admin.listen != current.config.admin.listen || !current.config.admin.enable;
         let admin = if config.admin.enable && admin_moved {
-            Some(AdminServer::bind(config.admin.listen)?)
+            Some(AdminServer::bind(config.admin.listen, Sharing::Exclusive)?)
         } else {
             None
         };
-        let listeners = self.plane.listeners.prepare(&wanted_listeners(&config))?;
+        let listeners = self
+            .plane
+            .listeners
+            .prepare(&wanted_listeners(&config), Sharing::Exclusive)?;
         let log_file = logging::prepare(&config.log).map_err(ReloadError::Log)?;
         let access_log = self.state.prepare_access_log(&config.log).map_err(ReloadError::Log)?;
 

@@ -551,7 +551,11 @@ fn read_core(reader: &mut Reader<'_>, section: Option<&mut Section<'_, '_>>, has
             );
         }
     }
-    if core.http_listen.is_empty() && core.https_listen.is_empty() {
+    let listen_errors = reader
+        .diagnostics
+        .iter()
+        .any(|d| matches!(d.key.as_deref(), Some("core.httpListen" | "core.httpsListen")));
+    if core.http_listen.is_empty() && core.https_listen.is_empty() && !listen_errors {
         reader.report(
             section.span(),
             Some("core.httpListen".into()),
@@ -837,7 +841,13 @@ fn read_routes(reader: &mut Reader<'_>, section: &mut Section<'_, '_>) -> Vec<Ro
                 reader.report(
                     route.value_span("weights").unwrap_or_default(),
                     key("weights"),
-                    format!("{} weights for {} targets", weights.len(), targets.len()),
+                    format!(
+                        "the route has {} target{} but {} weight{}",
+                        targets.len(),
+                        if targets.len() == 1 { "" } else { "s" },
+                        weights.len(),
+                        if weights.len() == 1 { "" } else { "s" }
+                    ),
                     Some("give one weight per target, in the order of the target list".into()),
                 );
             } else {

@@ -128,16 +128,28 @@ pub fn status(guards: &Guards, connections: &conn_limit::ConnLimiter, metrics: &
     }
 }
 
-/// Warns about guard settings that a configuration sets but that have no effect.
-pub fn warn_ineffective(config: &Config) {
+/// Returns a message for each guard setting that a configuration sets but that has no
+/// effect.
+pub fn ineffective_settings(config: &Config) -> Vec<String> {
+    let mut messages = Vec::new();
     if !config.core.ip_forwardeds.is_empty() && config.core.trusted_proxies.is_empty() {
-        tracing::warn!(
+        messages.push(
             "ipForwardeds is set but trustedProxies is empty, so forwarding headers are ignored \
              and every client is keyed by its TCP peer address; list your proxies in trustedProxies"
+                .to_owned(),
         );
     }
     let cc = &config.cc_defense;
     if !cc.enable && (!cc.black_list.is_empty() || !cc.white_list.is_empty()) {
-        tracing::warn!("[ccDefense] whiteList or blackList is set but enable = false, so neither is enforced");
+        messages
+            .push("[ccDefense] whiteList or blackList is set but enable = false, so neither is enforced".to_owned());
+    }
+    messages
+}
+
+/// Logs a warning for each guard setting that has no effect.
+pub fn warn_ineffective(config: &Config) {
+    for message in ineffective_settings(config) {
+        tracing::warn!("{message}");
     }
 }

@@ -14,6 +14,8 @@ use crate::upstream::pool::ConnectError;
 
 static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 static CLOSE: HeaderValue = HeaderValue::from_static("close");
+/// The methods the gateway forwards: all but CONNECT, which would make it a tunnel.
+static ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE");
 
 /// A failed attempt to reach an upstream or exchange a request with it.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +149,10 @@ impl ProxyError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, TEXT_PLAIN.clone());
         match self {
+            ProxyError::UnsupportedMethod => {
+                headers.insert(header::ALLOW, ALLOWED_METHODS.clone());
+                headers.insert(header::CONNECTION, CLOSE.clone());
+            }
             ProxyError::RateLimited { retry_after } => {
                 let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -155,7 +161,6 @@ impl ProxyError {
             ProxyError::MissingHost
             | ProxyError::DuplicateHost
             | ProxyError::InvalidHost
-            | ProxyError::UnsupportedMethod
             | ProxyError::BodyTooLarge
             | ProxyError::RequestTimeout => {
                 headers.insert(header::CONNECTION, CLOSE.clone());

@@ -29,7 +29,8 @@ pub type Fingerprint = [u8; 32];
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     #[error(
-        "sslCert.{label}: failed to read {kind} file {}: {source}; check sslCert.{label}.{setting}",
+        "sslCert.{label}: failed to read {kind} file {}: {source}; check sslCert.{label}.{setting} \
+         (scripts/dev-cert.sh makes a development certificate under cert/)",
         path.display()
     )]
     Read {

@@ -149,6 +149,7 @@ async fn endpoint_shapes_and_errors() {
     ] {
         let wrong = admin_request(admin, method, path, None).await;
         assert_eq!(wrong.status, 405, "{method} {path}");
+        assert!(wrong.header("allow").is_some(), "405 without Allow for {method} {path}");
         assert!(json(&wrong)["error"].is_string());
     }
 }

@@ -69,7 +69,17 @@ fn check_accepts_mingateway_file() {
 
     let (ok, output) = check(&file);
     assert!(ok, "{output}");
-    assert!(!output.contains("warning"), "{output}");
+    assert!(
+        !output.contains("expire"),
+        "the fixture's certificate is valid: {output}"
+    );
+    // minGateway's sample sets forwarding headers without trusted proxies and a white
+    // list with CC defence off; both are reported, since neither takes effect.
+    assert!(output.contains("warning: ipForwardeds is set"), "{output}");
+    assert!(
+        output.contains("warning: [ccDefense] whiteList or blackList is set"),
+        "{output}"
+    );
 }
 
 struct Running {
@@ -135,5 +145,105 @@ async fn sigterm_finishes_in_flight_request_and_exits_zero() {
     assert!(
         !dir.path().join("logs/minigateway.pid").exists(),
         "pid file left behind"
+    );
+}
+
+fn binary_config(http: std::net::SocketAddr, admin: std::net::SocketAddr, upstream: &Upstream) -> String {
+    format!(
+        "[core]\nhttpListen = [\"{http}\"]\n\n[admin]\nlisten = \"{admin}\"\n\n[proxyInfo.app]\nhost = \"app.test\"\ntarget = [\"{}\"]\n",
+        upstream.url()
+    )
+}
+
+async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_instance_is_refused_unless_upgrading() {
+    let upstream = Upstream::start("app").await;
+    let (http, admin) = (free_addr(), free_addr());
+    let (dir, file) = write_tree(&binary_config(http, admin, &upstream));
+    let start = |extra: &[&str]| {
+        Command::new(BINARY)
+            .args(extra)
+            .arg("-c")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = Running { child: start(&[]) };
+    wait_listening(http).await;
+    let pid_file = dir.path().join("logs/minigateway.pid");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pid_file.exists() {
+        assert!(Instant::now() < deadline, "pid file missing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A second start on the same addresses fails, as nginx's does, and leaves the
+    // first instance and its pid file alone.
+    let second = start(&[]).wait_with_output().unwrap();
+    assert!(!second.status.success());
+    let message = String::from_utf8_lossy(&second.stderr);
+    assert!(message.contains("already in use"), "{message}");
+    assert!(message.contains("--upgrade"), "{message}");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        first.child.id().to_string()
+    );
+    assert_eq!(get(http, "app.test", "/").await.status, 200);
+
+    // With --upgrade the new binary serves beside the old one and takes the pid file;
+    // stopping the old one leaves the new one reachable through `-s`.
+    let mut upgraded = Running {
+        child: start(&["--upgrade"]),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pid_file).unwrap_or_default().trim() != upgraded.child.id().to_string() {
+        assert!(
+            Instant::now() < deadline,
+            "the upgraded instance did not write its pid file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SAFETY: kill(2) on a child this test started.
+    unsafe { libc::kill(first.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(wait_exit(&mut first.child).await.success());
+    assert!(pid_file.exists(), "the old instance removed the new one's pid file");
+    assert_eq!(
+        get(http, "app.test", "/").await.status,
+        200,
+        "the upgraded instance serves"
+    );
+
+    let stopped = Command::new(BINARY)
+        .arg("-s")
+        .arg("stop")
+        .arg("-c")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(wait_exit(&mut upgraded.child).await.success());
+}
+
+#[test]
+fn check_prints_ineffective_guard_settings() {
+    let (_dir, file) = write_tree(&VALID.replace("httpListen", "ipForwardeds = [\"X-Forwarded-For\"]\nhttpListen"));
+    let (ok, output) = check(&file);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("warning: ipForwardeds is set but trustedProxies is empty"),
+        "{output}"
     );
 }

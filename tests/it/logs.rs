@@ -145,9 +145,12 @@ async fn gateway_log_rotates_with_retention() {
          [proxyInfo.dead]\nhost = \"dead.test\"\ntarget = [\"http://{dead}\"]\nmaxFails = 0\n"
     );
     std::fs::write(dir.path().join("configs/gateway.toml"), text).unwrap();
+    // A relative configuration path, as in the default `minigateway` invocation from
+    // the tree: the `minigateway.log` symlink must still resolve.
     let child = Command::new(env!("CARGO_BIN_EXE_minigateway"))
+        .current_dir(dir.path())
         .arg("-c")
-        .arg(dir.path().join("configs/gateway.toml"))
+        .arg("configs/gateway.toml")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

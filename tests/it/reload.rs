@@ -486,3 +486,33 @@ async fn sighup_and_signal_option_reach_the_controller() {
 async fn served_by_host(addr: SocketAddr, expected: &str) {
     served_by(addr, expected, Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverted_edit_clears_reported_error() {
+    let (a, _b) = two_upstreams().await;
+    let gw = TestGateway::start(&route_to(&a)).await;
+    let admin = gw.admin.unwrap();
+    let original = std::fs::read_to_string(gw.config_path()).unwrap();
+
+    std::fs::write(gw.config_path(), original.replace("[core]", "[core]\nreadTimout = 5")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while status(admin).await["reload"]["last_error"].is_null() {
+        assert!(Instant::now() < deadline, "the broken edit was not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Putting the file back as it was matches what runs: no new generation, and the
+    // error is no longer reported.
+    std::fs::write(gw.config_path(), &original).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let report = status(admin).await;
+        if report["reload"]["last_error"].is_null() {
+            assert_eq!(report["reload"]["last_outcome"]["result"], "unchanged", "{report}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the error outlived the revert: {report}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.gateway.generation(), 1);
+}

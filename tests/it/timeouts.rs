@@ -35,6 +35,11 @@ async fn refused_upstream_is_502_at_once() {
     assert_eq!(response.status, 502);
     assert!(response.text().contains("Bad Gateway"));
     assert!(elapsed < Duration::from_millis(100), "502 took {elapsed:?}");
+
+    // The only target of a route is never marked down, so the next request tries again
+    // instead of getting 503.
+    let again = get(gw.http, "app.test", "/").await;
+    assert_eq!(again.status, 502);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
