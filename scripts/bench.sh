@@ -322,12 +322,15 @@ mode = 1"
         idle) idle_memory "$proxy" "$http_addr" ;;
         guards) run_wrk "guards+accesslog" "$proxy" "http://$http_addr/" ;;
         accesslog)
+          # At saturation and at a fixed 10,000 requests/s (100,000 requests in 10 s).
           run_wrk "accesslog-off" "$proxy" "http://$http_addr/"
+          run_rate "accesslog-off-rate" "$proxy" "$http_addr"
           stop_proxy
           gateway_config "" ""
           sed -i "s|logLevel = \"warn\"|logLevel = \"warn\"\naccessLog = true|" "$work/gateway/configs/gateway.toml"
           start_proxy "$proxy" "$http_addr"
-          run_wrk "accesslog-on" "$proxy" "http://$http_addr/" ;;
+          run_wrk "accesslog-on" "$proxy" "http://$http_addr/"
+          run_rate "accesslog-on-rate" "$proxy" "$http_addr" ;;
       esac
       stop_proxy
     done

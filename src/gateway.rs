@@ -179,6 +179,11 @@ impl Gateway {
                 "shutdownTimeout passed with connections still open; closing them"
             );
         }
+
+        // Write the access log lines still queued before the process exits.
+        if let Some(log) = self.state.access_log.swap(None).and_then(Arc::into_inner) {
+            let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        }
     }
 }
 

@@ -99,7 +99,8 @@ async fn sigterm_finishes_in_flight_request_and_exits_zero() {
     let http = free_addr();
     let admin = free_addr();
     let text = format!(
-        "[core]\nhttpListen = [\"{http}\"]\n\n[admin]\nlisten = \"{admin}\"\n\n[proxyInfo.app]\nhost = \"app.test\"\ntarget = [\"{}\"]\n",
+        "[core]\nhttpListen = [\"{http}\"]\n\n[admin]\nlisten = \"{admin}\"\n\n[log]\naccessLog = true\n\n\
+         [proxyInfo.app]\nhost = \"app.test\"\ntarget = [\"{}\"]\n",
         upstream.url()
     );
     let (dir, file) = write_tree(&text);
@@ -145,6 +146,11 @@ async fn sigterm_finishes_in_flight_request_and_exits_zero() {
     assert!(
         !dir.path().join("logs/minigateway.pid").exists(),
         "pid file left behind"
+    );
+    let access = std::fs::read_to_string(dir.path().join("logs/access.log")).unwrap_or_default();
+    assert!(
+        access.contains("\"GET /slow/1500 HTTP/1.1\" 200"),
+        "the in-flight request's access log line was not written before exit: {access:?}"
     );
 }
 
