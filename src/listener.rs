@@ -141,7 +141,7 @@ impl Listeners {
             let bind_error = |error: io::Error| {
                 io::Error::new(error.kind(), format!("failed to bind {kind} listener {addr}: {error}"))
             };
-            // An address this gateway already holds (moving from HTTP to HTTPS) is shared
+            // An address this gateway already listens on (moving from HTTP to HTTPS) is shared
             // with itself only.
             let held = open.keys().any(|(open_addr, _)| *open_addr == addr);
             if sharing == Sharing::Exclusive && !held {

@@ -91,7 +91,7 @@ impl Pool {
     /// Records a failed attempt on a target; returns true when it is now marked down.
     ///
     /// The only target of a pool is never marked down, as in nginx: with nothing to
-    /// fall over to, answering 503 for failTimeout would only add to an outage.
+    /// fall over to, responding 503 for failTimeout would only add to an outage.
     pub fn record_failure(&self, index: usize) -> bool {
         if self.targets.len() == 1 {
             return false;
