@@ -432,8 +432,8 @@ impl Controller {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         // File events that change nothing are frequent (editor swap files, the gateway's
-        // own reads of its folder) and not worth recording, unless they settle an error:
-        // a file put back as it was matches what runs, so the error is over.
+        // own reads of its folder) and not worth recording. The exception settles an
+        // error: a file put back as it was matches what runs, so the error is over.
         let unchanged = matches!(outcome, ReloadOutcome::Unchanged { .. });
         if unchanged && trigger == Trigger::FileChange && status.last_error.is_none() {
             return;

@@ -34,7 +34,7 @@ pub struct ConnLimiter {
 struct Registry {
     slots: Vec<Option<Arc<Connection>>>,
     free: Vec<usize>,
-    /// Where the next scan for an idle connection starts.
+    /// The position where the next scan for an idle connection starts.
     cursor: usize,
 }
 

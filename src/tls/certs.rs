@@ -112,7 +112,7 @@ impl ParsedCert {
     }
 }
 
-/// How a certificate's OCSP staple is obtained, from `ocsp_stapling*` keys.
+/// The source of a certificate's OCSP staple, from the `ocsp_stapling*` keys.
 #[derive(Debug, Clone)]
 pub enum StapleMode {
     Off,
@@ -125,7 +125,7 @@ pub enum StapleMode {
     Fetch,
 }
 
-/// Where a certificate stands against its validity period.
+/// A certificate's state against its validity period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Expiry {
@@ -145,7 +145,7 @@ pub struct LoadedCert {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: Arc<dyn SigningKey>,
     pub leaf: ParsedCert,
-    /// The certificate in the chain that issued the leaf, when the chain holds it.
+    /// The certificate in the chain that issued the leaf, when the chain contains it.
     pub issuer: Option<ParsedCert>,
     /// DNS names from the subjectAltName extension, lower-cased; `*.` wildcards kept.
     pub names: Vec<String>,

@@ -225,7 +225,7 @@ pub fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
 
 /// An OCSP responder for one CA on 127.0.0.1, with 1-minute response validity.
 ///
-/// A loopback HTTP listener takes each POSTed request and answers it with
+/// A loopback HTTP listener takes each POSTed request and responds to it with
 /// `openssl ocsp` in responder mode (`-index ... -reqin ... -respout ...`), because
 /// `openssl ocsp -port` cannot be bound to the loopback address.
 pub struct OcspResponder {
@@ -239,7 +239,7 @@ pub enum Signer<'a> {
     Delegated(&'a Leaf),
 }
 
-/// The files `openssl ocsp` answers from.
+/// The index, CA and signer files `openssl ocsp` reads to build responses.
 struct ResponderFiles {
     dir: PathBuf,
     index: PathBuf,
@@ -278,7 +278,7 @@ impl ResponderFiles {
     }
 }
 
-/// Reads one HTTP request with a Content-Length body and answers it.
+/// Reads one HTTP request with a Content-Length body and responds to it.
 fn serve_one(mut stream: std::net::TcpStream, files: &ResponderFiles, number: usize) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
