@@ -10,7 +10,7 @@
 //! - idleTimeout runs while a keep-alive connection waits for its next request.
 //!
 //! hyper's own header timer starts when a connection begins waiting for a head, so it
-//! would cut idle keep-alive connections at readTimeout; it is disabled in favour of
+//! would cut idle keep-alive connections at readTimeout. It is disabled in favour of
 //! these phases, which the I/O wrapper and the request path update with a few atomics.
 
 use std::io;

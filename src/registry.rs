@@ -71,7 +71,7 @@ pub struct Registry {
     pub tls: crate::tls::TlsState,
 }
 
-/// The registry key of a target within its route.
+/// Returns the registry key of a target within its route.
 pub fn target_key(label: &str, url: &str) -> String {
     format!("{label} {url}")
 }

@@ -541,7 +541,7 @@ fn read_core(reader: &mut Reader<'_>, section: Option<&mut Section<'_, '_>>, has
         core.https_listen = addrs;
     }
     for addr in &core.https_listen {
-        // Port 0 asks the system for a free port, so two such listeners never collide.
+        // Port 0 requests a free port from the system, so two such listeners never collide.
         if addr.port() != 0 && core.http_listen.contains(addr) {
             reader.report(
                 section.value_span("httpsListen").unwrap_or_default(),

@@ -6,8 +6,8 @@
 //! with an intrusive list in order of last use. Freed slots are reused, so once a shard
 //! has grown to its working size nothing is allocated per request.
 //!
-//! Bounds: a shard holds at most `ceil(max_entries / 64)` entries, so the whole table
-//! holds at most `max_entries + 63`. Inserting a new key first drops up to two expired
+//! Bounds: a shard contains at most `ceil(max_entries / 64)` entries, so the whole table
+//! contains at most `max_entries + 63`. Inserting a new key first drops up to two expired
 //! entries from the least recently used end, then, while the shard is full, evicts its
 //! least recently used entry. A lookup that finds an expired entry resets it, so an
 //! expired entry never affects a request even before it is dropped.

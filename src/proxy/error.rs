@@ -26,7 +26,7 @@ pub enum UpstreamError {
     Exchange(#[from] hyper::Error),
 }
 
-/// A request that was answered by the gateway instead of an upstream.
+/// A request that the gateway responded to itself instead of an upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("HTTP/1.1 request has no Host header")]

@@ -19,7 +19,7 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest response body accepted. OCSP responses and certificates are a few KiB.
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
-/// Why a fetch failed.
+/// Errors that stop a staple fetch.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("invalid URL {url}: {reason}")]

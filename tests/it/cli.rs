@@ -209,8 +209,8 @@ async fn second_instance_is_refused_unless_upgrading() {
     );
     assert_eq!(get(http, "app.test", "/").await.status, 200);
 
-    // With --upgrade the new binary serves beside the old one and takes the pid file;
-    // stopping the old one leaves the new one reachable through `-s`.
+    // With --upgrade the new binary serves beside the old one and takes the pid file.
+    // Stopping the old one then leaves the new one reachable through `-s`.
     let mut upgraded = Running {
         child: start(&["--upgrade"]),
     };

@@ -177,7 +177,7 @@ async fn gateway_log_rotates_with_retention() {
     let lines = wait_for_lines(&newest, 3).await;
     let text = lines.join("\n");
     assert!(text.contains("gateway started"), "{text}");
-    // Every 502 is either written or counted as held back by the next written line; a
+    // Every 502 is either written or counted as held back by the next written line. A
     // slow machine may spread the burst over more than one throttle interval.
     let suppressed = Regex::new(r"suppressed=(\d+)").unwrap();
     let warnings: Vec<&String> = lines.iter().filter(|line| line.contains("upstream_connect")).collect();
