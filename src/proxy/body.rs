@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::Exchange;
-use crate::upstream::pool::Lease;
+use crate::upstream::http1::UpstreamBody;
 
 /// The reason a client request body could not be forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +136,7 @@ impl Body for UpstreamRequestBody {
 
 enum Source {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
 }
 
 /// The body sent to the client: a fixed message or the upstream's body, cut off at the
@@ -147,8 +147,6 @@ pub struct ResponseBody {
     sleep: Option<Pin<Box<Sleep>>>,
     bytes_sent: u64,
     exchange: Option<Exchange>,
-    /// The upstream connection, returned to its pool when the body ends cleanly.
-    lease: Option<Lease>,
 }
 
 /// The writeTimeout deadline passed while an upstream body was still streaming.
@@ -165,25 +163,24 @@ impl StdError for ResponseTimedOut {}
 
 impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
-        Self::new(Source::Full(Some(bytes.into())), None, None)
+        Self::new(Source::Full(Some(bytes.into())), None)
     }
 
     pub fn empty() -> Self {
-        Self::new(Source::Full(None), None, None)
+        Self::new(Source::Full(None), None)
     }
 
-    pub fn upstream(body: Incoming, deadline: Option<Instant>, lease: Lease) -> Self {
-        Self::new(Source::Upstream(body), deadline, Some(lease))
+    pub fn upstream(body: UpstreamBody, deadline: Option<Instant>) -> Self {
+        Self::new(Source::Upstream(body), deadline)
     }
 
-    fn new(source: Source, deadline: Option<Instant>, lease: Option<Lease>) -> Self {
+    fn new(source: Source, deadline: Option<Instant>) -> Self {
         ResponseBody {
             source,
             deadline,
             sleep: None,
             bytes_sent: 0,
             exchange: None,
-            lease,
         }
     }
 
@@ -199,9 +196,11 @@ impl ResponseBody {
     fn finish(&mut self, aborted: bool) {
         // A connection whose response did not end cleanly may have bytes left in flight,
         // so it is closed rather than reused.
-        if let Some(lease) = self.lease.take() {
-            if !aborted {
-                lease.release();
+        if let Source::Upstream(body) = &mut self.source {
+            if aborted {
+                body.discard();
+            } else {
+                body.release();
             }
         }
         if let Some(exchange) = self.exchange.take() {

@@ -10,6 +10,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use super::body::ResponseBody;
 use crate::guard::Rejection;
 use crate::metrics::Reason;
+use crate::upstream::http1::ExchangeError;
 use crate::upstream::pool::ConnectError;
 
 static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
@@ -23,7 +24,7 @@ pub enum UpstreamError {
     #[error("{0}")]
     Connect(#[from] ConnectError),
     #[error("{0}")]
-    Exchange(#[from] hyper::Error),
+    Exchange(#[from] ExchangeError),
 }
 
 /// A request that the gateway responded to itself instead of an upstream.

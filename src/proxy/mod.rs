@@ -10,6 +10,7 @@ pub mod error;
 pub mod headers;
 mod upgrade;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -34,8 +35,9 @@ use crate::router::normalize_host;
 use crate::snapshot::{Route, Snapshot};
 use crate::state::State;
 use crate::upstream::Target;
+use crate::upstream::http1::{self, ExchangeError, ResponseHead, Sent, UpstreamBody};
 use crate::upstream::pool::{self, ConnectError, Lease};
-use body::{ClientBodyError, ResponseBody, UpstreamRequestBody, find_client_body_error};
+use body::{ClientBodyError, ResponseBody, UpstreamRequestBody};
 use error::{ProxyError, UpstreamError};
 
 /// One request from receipt to the end of its response. Dropping it does the
@@ -264,15 +266,14 @@ fn balance_key(route: &Route, client: &ClientAddr, host: &str, parts: &Parts) ->
 }
 
 /// Builds the upstream request target in origin form: the target's path prefix and the
-/// request's path and query (RFC 9112 section 3.2.1).
-fn upstream_uri(target: &Target, original: &Uri) -> Result<Uri, http::Error> {
-    let path_and_query = match original.path_and_query() {
-        Some(existing) if target.path_prefix.is_empty() || existing.as_str() == "*" => existing.clone(),
-        Some(existing) => PathAndQuery::try_from(format!("{}{}", target.path_prefix, existing.as_str()))?,
-        None if target.path_prefix.is_empty() => PathAndQuery::from_static("/"),
-        None => PathAndQuery::try_from(format!("{}/", target.path_prefix))?,
-    };
-    Ok(Uri::from(path_and_query))
+/// request's path and query (RFC 9112 section 3.2.1). Without a prefix it is borrowed.
+fn upstream_target<'a>(target: &Target, original: &'a Uri) -> Cow<'a, str> {
+    match original.path_and_query() {
+        Some(existing) if target.path_prefix.is_empty() || existing.as_str() == "*" => Cow::Borrowed(existing.as_str()),
+        Some(existing) => Cow::Owned(format!("{}{}", target.path_prefix, existing.as_str())),
+        None if target.path_prefix.is_empty() => Cow::Borrowed("/"),
+        None => Cow::Owned(format!("{}/", target.path_prefix)),
+    }
 }
 
 fn redirect_to_https(host: &str, port: Option<u16>, uri: &Uri) -> Response<ResponseBody> {
@@ -395,74 +396,80 @@ async fn forward(
     };
     let route = &snapshot.routes[prepared.route];
     let deadline = prepared.deadline;
+    let upgrade = prepared.client_upgrade.is_some();
 
-    let (mut response, lease) = send(route, prepared.parts, prepared.body, prepared.key, deadline, exchange).await?;
+    let (head, lease) = send(
+        route,
+        &prepared.parts,
+        prepared.body,
+        prepared.key,
+        deadline,
+        upgrade,
+        exchange,
+    )
+    .await?;
+    let ResponseHead {
+        response,
+        framing,
+        keep_alive,
+        unsent_body,
+    } = head;
+    let (mut parts, ()) = response.into_parts();
 
     if let Some(client_upgrade) = prepared.client_upgrade {
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // The upgraded socket leaves the pool for good.
             upgrade::splice(
                 state,
                 conn.peer,
                 client_upgrade,
-                upstream_upgrade,
+                lease.connection,
                 snapshot.timeouts.idle,
             );
-            // The upgraded socket leaves the pool for good.
-            drop(lease);
-            let (mut parts, _) = response.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers, true);
             return Ok(Response::from_parts(parts, ResponseBody::empty()));
         }
     }
 
-    let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(
-        parts,
-        ResponseBody::upstream(body, deadline, lease),
-    ))
+    let body = UpstreamBody::new(lease, framing, keep_alive, unsent_body);
+    Ok(Response::from_parts(parts, ResponseBody::upstream(body, deadline)))
 }
 
 /// The failure of one attempt to exchange a request with a target.
 enum AttemptError {
     /// No connection could be opened; nothing was sent.
     Connect(ConnectError),
-    /// The request failed on an open connection before a response head arrived.
-    Send(hyper::Error),
+    /// The exchange failed on an open connection before a whole response head arrived.
+    Exchange(ExchangeError),
 }
 
-/// Sends `request` to `target` on a pooled connection, or on a new one.
+/// Sends a request to `target` on a pooled connection, or on a new one, and reads the
+/// response head.
 ///
-/// A pooled connection that turns out to be closed before the request was written is
-/// dropped and the next one tried, since nothing was sent on it.
+/// A pooled connection that fails the first write is dropped and the next one tried,
+/// since nothing was sent on it; that needs the body to be empty, as it is not kept.
 async fn exchange_with(
     target: &Target,
-    mut request: Request<UpstreamRequestBody>,
-) -> Result<(Response<Incoming>, Lease), AttemptError> {
+    request: Sent<'_>,
+    body: UpstreamRequestBody,
+) -> Result<(ResponseHead, Lease), AttemptError> {
+    let replayable = body.is_end_stream();
+    let mut body = Some(body);
     loop {
-        let (mut sender, reused) = match target.connections.checkout() {
-            Some(sender) => (sender, true),
+        let (connection, reused) = match target.connections.checkout() {
+            Some(connection) => (connection, true),
             None => (pool::connect(&target.addr).await.map_err(AttemptError::Connect)?, false),
         };
-        if let Err(error) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
-            if reused {
-                continue;
-            }
-            return Err(AttemptError::Send(error));
-        }
-        match sender.try_send_request(request).await {
-            Ok(response) => {
-                let lease = Lease {
-                    sender,
-                    pool: target.connections.clone(),
-                };
-                return Ok((response, lease));
-            }
-            Err(mut error) => match error.take_message() {
-                Some(unsent) if reused => request = unsent,
-                _ => return Err(AttemptError::Send(error.into_error())),
-            },
+        let mut lease = Lease {
+            connection,
+            pool: target.connections.clone(),
+        };
+        let body = body.take().unwrap_or_else(UpstreamRequestBody::empty);
+        match http1::exchange(&mut lease.connection, request, body).await {
+            Ok(head) => return Ok((head, lease)),
+            Err(ExchangeError::Unsent(_)) if reused && replayable => {}
+            Err(error) => return Err(AttemptError::Exchange(error)),
         }
     }
 }
@@ -474,45 +481,48 @@ async fn exchange_with(
 /// closed) is retried once for idempotent requests without a body.
 async fn send(
     route: &Route,
-    parts: Parts,
+    parts: &Parts,
     body: UpstreamRequestBody,
     key: u64,
     deadline: Option<Instant>,
+    upgrade: bool,
     exchange: &mut Exchange,
-) -> Result<(Response<Incoming>, Lease), ProxyError> {
+) -> Result<(ResponseHead, Lease), ProxyError> {
     let pool = &route.pool;
-    let replayable = body.is_end_stream() && !parts.headers.contains_key(header::UPGRADE);
+    let replayable = body.is_end_stream() && !upgrade;
     let idempotent = is_idempotent(&parts.method);
-    let mut replay = (replayable && (idempotent || pool.targets.len() > 1)).then(|| parts.clone());
-    let mut pending = Some((parts, body));
+    let mut retries = usize::from(replayable && (idempotent || pool.targets.len() > 1));
+    let mut body = Some(body);
     let mut excluded = None;
 
     loop {
-        let Some((parts, body)) = pending.take() else {
-            return Err(ProxyError::NoHealthyTarget);
-        };
         let index = pool.pick(key, excluded).ok_or(ProxyError::NoHealthyTarget)?;
         let target = &pool.targets[index];
         target.stats.requests.fetch_add(1, Ordering::Relaxed);
         exchange.set_upstream(target, None);
 
-        let uri = upstream_uri(target, &parts.uri).map_err(|_| ProxyError::InvalidHost)?;
-        let mut request = Request::from_parts(parts, body);
-        *request.uri_mut() = uri;
+        let path = upstream_target(target, &parts.uri);
+        let request = Sent {
+            method: &parts.method,
+            target: &path,
+            headers: &parts.headers,
+            upgrade,
+        };
+        let body = body.take().unwrap_or_else(UpstreamRequestBody::empty);
 
         let sent_at = Instant::now();
-        let attempt = exchange_with(target, request);
+        let attempt = exchange_with(target, request, body);
         let result = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, attempt).await,
             None => Ok(attempt.await),
         };
 
         let (connect, error) = match result {
-            Ok(Ok((response, lease))) => {
+            Ok(Ok((head, lease))) => {
                 target.health.record_success();
                 target.stats.record_response(sent_at.elapsed());
-                exchange.set_upstream(target, Some(response.status().as_u16()));
-                return Ok((response, lease));
+                exchange.set_upstream(target, Some(head.response.status().as_u16()));
+                return Ok((head, lease));
             }
             Err(_) | Ok(Err(AttemptError::Connect(ConnectError::TimedOut))) => {
                 target.stats.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -522,15 +532,13 @@ async fn send(
                 });
             }
             Ok(Err(AttemptError::Connect(error))) => (true, UpstreamError::Connect(error)),
-            Ok(Err(AttemptError::Send(error))) => {
-                if let Some(body_error) = find_client_body_error(&error) {
-                    return Err(match body_error {
-                        ClientBodyError::TooLarge => ProxyError::BodyTooLarge,
-                        ClientBodyError::TimedOut => ProxyError::RequestTimeout,
-                    });
-                }
-                (false, UpstreamError::Exchange(error))
+            Ok(Err(AttemptError::Exchange(ExchangeError::ClientBody(body_error)))) => {
+                return Err(match body_error {
+                    ClientBodyError::TooLarge => ProxyError::BodyTooLarge,
+                    ClientBodyError::TimedOut => ProxyError::RequestTimeout,
+                });
             }
+            Ok(Err(AttemptError::Exchange(error))) => (false, UpstreamError::Exchange(error)),
         };
 
         if connect {
@@ -542,23 +550,20 @@ async fn send(
             target.stats.other_errors.fetch_add(1, Ordering::Relaxed);
         }
 
-        let retry = replay.take().filter(|_| connect || idempotent);
         let next_excluded = if connect { Some(index) } else { None };
-        match retry {
-            Some(parts) if pool.pick(key, next_excluded).is_some() => {
-                tracing::debug!(route = %route.label, target = %target.url, error = %error, "retrying upstream request");
-                pending = Some((parts, UpstreamRequestBody::empty()));
-                excluded = next_excluded;
-            }
-            _ => {
-                let target = target.url.clone();
-                return Err(if connect {
-                    ProxyError::UpstreamConnect { target, source: error }
-                } else {
-                    ProxyError::UpstreamFailed { target, source: error }
-                });
-            }
+        if retries > 0 && (connect || idempotent) && pool.pick(key, next_excluded).is_some() {
+            tracing::debug!(route = %route.label, target = %target.url, error = %error, "retrying upstream request");
+            retries -= 1;
+            excluded = next_excluded;
+            continue;
         }
+
+        let target = target.url.clone();
+        return Err(if connect {
+            ProxyError::UpstreamConnect { target, source: error }
+        } else {
+            ProxyError::UpstreamFailed { target, source: error }
+        });
     }
 }
 
@@ -580,14 +585,14 @@ mod tests {
     }
 
     #[test]
-    fn upstream_uri_joins_prefix() {
+    fn upstream_target_joins_prefix() {
         let original: Uri = "/a/b?x=1".parse().unwrap();
-        assert_eq!(upstream_uri(&target(""), &original).unwrap(), "/a/b?x=1");
-        assert_eq!(upstream_uri(&target("/base"), &original).unwrap(), "/base/a/b?x=1");
+        assert_eq!(upstream_target(&target(""), &original), "/a/b?x=1");
+        assert_eq!(upstream_target(&target("/base"), &original), "/base/a/b?x=1");
         let absolute: Uri = "http://a.test/p".parse().unwrap();
-        assert_eq!(upstream_uri(&target(""), &absolute).unwrap(), "/p");
+        assert_eq!(upstream_target(&target(""), &absolute), "/p");
         let asterisk: Uri = "*".parse().unwrap();
-        assert_eq!(upstream_uri(&target("/base"), &asterisk).unwrap(), "*");
+        assert_eq!(upstream_target(&target("/base"), &asterisk), "*");
     }
 
     #[test]

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::clock;
 use crate::state::State;
+use crate::upstream::pool::UpstreamConnection;
 
 /// Records the time of the last byte read on either side of a splice.
 struct ActivityIo<'a, T> {
@@ -49,24 +50,39 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<'_, T> {
     }
 }
 
-/// Starts a task that joins the client and upstream once both have switched protocols.
-pub fn splice(state: &State, peer: SocketAddr, client: OnUpgrade, upstream: OnUpgrade, idle: Option<Duration>) {
+/// Starts a task that joins the client and the upstream, which has already switched
+/// protocols, once the client's side has switched too.
+pub fn splice(
+    state: &State,
+    peer: SocketAddr,
+    client: OnUpgrade,
+    upstream: UpstreamConnection,
+    idle: Option<Duration>,
+) {
     state.tasks.spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
+        let mut client = match client.await {
+            Ok(client) => TokioIo::new(client),
             Err(error) => {
                 tracing::debug!(client = %peer.ip(), error = %error, "upgrade did not complete");
                 return;
             }
         };
 
+        // Bytes the upstream sent right after its 101 response go first.
+        if !upstream.read_buf.is_empty() {
+            if let Err(error) = client.write_all(&upstream.read_buf).await {
+                tracing::debug!(client = %peer.ip(), error = %error, "upgraded connection ended with an error");
+                return;
+            }
+        }
+
         let last_read = AtomicU64::new(clock::now_ms());
         let mut client = ActivityIo {
-            inner: TokioIo::new(client),
+            inner: client,
             last_read: &last_read,
         };
         let mut upstream = ActivityIo {
-            inner: TokioIo::new(upstream),
+            inner: upstream.stream,
             last_read: &last_read,
         };
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);

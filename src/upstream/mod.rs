@@ -10,6 +10,8 @@ use crate::balance::Balancer;
 use crate::clock;
 use crate::metrics::TargetStats;
 
+mod chunked;
+pub mod http1;
 pub mod pool;
 
 pub use pool::{ConnectionPool, TargetAddr};

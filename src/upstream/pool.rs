@@ -1,7 +1,7 @@
 //! Upstream connections: a pool of idle HTTP/1.1 connections per upstream address.
 //!
 //! A request takes an idle connection (the most recently used first) or opens a new one,
-//! and the response body hands it back when it ends. Pools are keyed by the target's
+//! and the response body hands it back when it ends cleanly. Pools are keyed by the target's
 //! address in the registry and reached through the snapshot, so a request never hashes
 //! a key to find its pool and reloads keep warm connections. An idle connection is
 //! closed after `POOL_IDLE_TIMEOUT`, before common upstream keep-alive timeouts, by
@@ -10,15 +10,13 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-use crate::proxy::body::UpstreamRequestBody;
 
 /// How long an idle upstream connection stays in the pool.
 ///
@@ -32,9 +30,6 @@ pub const POOL_MAX_IDLE: usize = 1024;
 
 /// Time allowed to open a TCP connection to an upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The sending half of an upstream HTTP/1.1 connection; its connection task runs apart.
-pub type Sender = SendRequest<UpstreamRequestBody>;
 
 /// A target's address: a socket address, or a name resolved at each connect.
 #[derive(Debug, Clone)]
@@ -68,8 +63,6 @@ pub enum ConnectError {
     Io(#[from] io::Error),
     #[error("connection timed out after {CONNECT_TIMEOUT:?}")]
     TimedOut,
-    #[error("HTTP/1.1 handshake failed: {0}")]
-    Handshake(#[from] hyper::Error),
 }
 
 async fn connect_tcp(addr: &TargetAddr) -> Result<TcpStream, ConnectError> {
@@ -94,24 +87,49 @@ async fn connect_tcp(addr: &TargetAddr) -> Result<TcpStream, ConnectError> {
     }
 }
 
-/// Opens a connection to `addr` and starts its connection task.
-pub async fn connect(addr: &TargetAddr) -> Result<Sender, ConnectError> {
+/// An open connection to an upstream, with the bytes read from it but not yet used.
+#[derive(Debug)]
+pub struct UpstreamConnection {
+    pub stream: TcpStream,
+    pub read_buf: BytesMut,
+}
+
+impl UpstreamConnection {
+    /// Returns whether an idle connection can carry another request: the upstream has
+    /// neither closed it nor sent anything unasked.
+    ///
+    /// The socket is only read when the runtime saw it become readable, so checking a
+    /// quiet connection costs no system call.
+    fn is_usable(&self) -> bool {
+        if !self.read_buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                matches!(self.stream.try_read(&mut byte), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+/// Opens a connection to `addr`.
+pub async fn connect(addr: &TargetAddr) -> Result<UpstreamConnection, ConnectError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect_tcp(addr))
         .await
         .map_err(|_| ConnectError::TimedOut)??;
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        // An upgrade (such as a WebSocket) hands the socket to the splice task.
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(error = %error, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(UpstreamConnection {
+        stream,
+        read_buf: BytesMut::new(),
+    })
 }
 
 struct Idle {
-    sender: Sender,
+    connection: UpstreamConnection,
     since: Instant,
 }
 
@@ -132,26 +150,23 @@ impl std::fmt::Debug for ConnectionPool {
 
 impl ConnectionPool {
     /// Takes the most recently used open connection, closing expired ones on the way.
-    pub fn checkout(&self) -> Option<Sender> {
+    pub fn checkout(&self) -> Option<UpstreamConnection> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         while let Some(entry) = idle.pop_back() {
-            if now.duration_since(entry.since) < POOL_IDLE_TIMEOUT && !entry.sender.is_closed() {
-                return Some(entry.sender);
+            if now.duration_since(entry.since) < POOL_IDLE_TIMEOUT && entry.connection.is_usable() {
+                return Some(entry.connection);
             }
         }
         None
     }
 
-    /// Returns a connection whose response ended, unless it closed or the pool is full.
-    pub fn checkin(&self, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    /// Returns a connection whose response ended, unless the pool is full.
+    pub fn checkin(&self, connection: UpstreamConnection) {
         let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if idle.len() < POOL_MAX_IDLE {
             idle.push_back(Idle {
-                sender,
+                connection,
                 since: Instant::now(),
             });
         }
@@ -161,7 +176,7 @@ impl ConnectionPool {
     pub fn prune(&self) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        idle.retain(|entry| now.duration_since(entry.since) < POOL_IDLE_TIMEOUT && !entry.sender.is_closed());
+        idle.retain(|entry| now.duration_since(entry.since) < POOL_IDLE_TIMEOUT && entry.connection.is_usable());
     }
 
     pub fn idle_count(&self) -> usize {
@@ -170,15 +185,16 @@ impl ConnectionPool {
 }
 
 /// A connection lent to one request, returned to its pool when the response ends.
+#[derive(Debug)]
 pub struct Lease {
-    pub sender: Sender,
-    pub pool: std::sync::Arc<ConnectionPool>,
+    pub connection: UpstreamConnection,
+    pub pool: Arc<ConnectionPool>,
 }
 
 impl Lease {
     /// Returns the connection for reuse; dropping a lease instead closes it.
     pub fn release(self) {
-        self.pool.checkin(self.sender);
+        self.pool.checkin(self.connection);
     }
 }
 

@@ -13,3 +13,4 @@ mod reload;
 mod routing;
 mod timeouts;
 mod tls;
+mod upstream_framing;

@@ -11,4 +11,4 @@ pub mod upstream;
 pub use client::{RawResponse, connect_from, get, pooled, raw, read_response, send};
 pub use gateway::{TestGateway, config, tree};
 pub use ports::{free_addr, free_port, wait_listening};
-pub use upstream::{SilentUpstream, Upstream, closed_addr};
+pub use upstream::{ScriptedUpstream, SilentUpstream, Upstream, closed_addr};

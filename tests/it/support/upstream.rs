@@ -25,6 +25,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
@@ -241,4 +242,112 @@ impl Drop for SilentUpstream {
 pub async fn closed_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
+}
+
+/// An upstream that answers every request with the same bytes, for responses that a
+/// well-behaved server would not send. It reads each request head (and a body framed
+/// by Content-Length or chunked) before it answers, and records the raw requests.
+pub struct ScriptedUpstream {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: JoinHandle<()>,
+}
+
+impl ScriptedUpstream {
+    /// Answers each request with `reply` and keeps the connection open.
+    pub async fn start(reply: &'static [u8]) -> ScriptedUpstream {
+        Self::start_with(reply, false).await
+    }
+
+    /// Answers each request with `reply`, then closes the connection.
+    pub async fn start_closing(reply: &'static [u8]) -> ScriptedUpstream {
+        Self::start_with(reply, true).await
+    }
+
+    async fn start_with(reply: &'static [u8], close: bool) -> ScriptedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (counter, recorded) = (connections.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    while let Some(request) = read_request(&mut stream, &mut buffer).await {
+                        recorded.lock().unwrap().push(request);
+                        if stream.write_all(reply).await.is_err() || close {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        ScriptedUpstream {
+            addr,
+            connections,
+            requests,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Returns the number of TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Returns the raw requests received so far, head and body.
+    pub fn requests(&self) -> Vec<Vec<u8>> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ScriptedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one request (head and body) from `stream`; `buffer` keeps what follows it.
+async fn read_request(stream: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
+    async fn fill(stream: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> Option<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = stream.read(&mut chunk).await.ok()?;
+        (n > 0).then(|| buffer.extend_from_slice(&chunk[..n]))
+    }
+
+    let head_len = loop {
+        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            break end + 4;
+        }
+        fill(stream, buffer).await?;
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_len]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse::<usize>().ok());
+    let end = if let Some(length) = length {
+        while buffer.len() < head_len + length {
+            fill(stream, buffer).await?;
+        }
+        head_len + length
+    } else if head.contains("transfer-encoding: chunked") {
+        loop {
+            if let Some(end) = buffer[head_len..].windows(5).position(|window| window == b"0\r\n\r\n") {
+                break head_len + end + 5;
+            }
+            fill(stream, buffer).await?;
+        }
+    } else {
+        head_len
+    };
+    Some(buffer.drain(..end).collect())
 }

@@ -1,0 +1,668 @@
+//! HTTP/1.1 to upstreams, spoken from the request's own task.
+//!
+//! The request head is written with one write (together with the body's first frame
+//! when that has already arrived), the response head is parsed with httparse from the
+//! connection's buffer, and the response body is read from the socket by the body that
+//! hyper sends to the client ([`UpstreamBody`]). No connection task or channel sits
+//! between a request and its upstream socket, which saves a task wakeup and a message
+//! per request over hyper's client.
+
+use std::error::Error as StdError;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::chunked::{Decoded, Decoder};
+use super::pool::{Lease, UpstreamConnection};
+use crate::proxy::body::{ClientBodyError, UpstreamRequestBody};
+use crate::proxy::headers::connection_has;
+
+/// Largest response head accepted from an upstream.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Most header fields accepted in a response head, as in hyper's client.
+const MAX_HEADERS: usize = 100;
+
+/// Bytes reserved for each read of a response head or of a body of unknown length.
+const READ_SIZE: usize = 16 * 1024;
+
+/// Most body bytes read at once when the length is known.
+const MAX_READ: usize = 64 * 1024;
+
+/// A failed exchange of one request and response head with an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The first write failed, so the upstream received nothing.
+    #[error("sending the request failed: {0}")]
+    Unsent(io::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("upstream closed the connection without responding")]
+    Closed,
+    #[error("upstream sent an invalid response head: {0}")]
+    InvalidHead(httparse::Error),
+    #[error("upstream sent an invalid response: {0}")]
+    InvalidResponse(&'static str),
+    #[error("upstream sent a response head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("{0}")]
+    ClientBody(ClientBodyError),
+    #[error("reading the client's request body failed: {0}")]
+    ClientBodyFailed(Box<dyn StdError + Send + Sync>),
+}
+
+impl From<Box<dyn StdError + Send + Sync>> for ExchangeError {
+    fn from(error: Box<dyn StdError + Send + Sync>) -> Self {
+        match error.downcast::<ClientBodyError>() {
+            Ok(body_error) => ExchangeError::ClientBody(*body_error),
+            Err(other) => ExchangeError::ClientBodyFailed(other),
+        }
+    }
+}
+
+/// How the end of a response body is found (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a response to HEAD, a 1xx, 204 or 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// The body ends when the upstream closes the connection.
+    Close,
+}
+
+/// A parsed response head and what it says about the body and the connection.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub response: Response<()>,
+    pub framing: Framing,
+    /// The connection can carry another request once the body is read.
+    pub keep_alive: bool,
+    /// What is left of the request body, to be sent while the response body is read.
+    pub unsent_body: Option<Box<BodySender>>,
+}
+
+/// The request being sent, as far as the response head depends on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent<'a> {
+    pub method: &'a Method,
+    /// The request target in origin form.
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The request asks to switch protocols, so a 101 response is expected.
+    pub upgrade: bool,
+}
+
+/// Writes the request line and the header fields into `out`.
+fn encode_head(request: &Sent<'_>, chunked: bool, out: &mut Vec<u8>) {
+    out.extend_from_slice(request.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(request.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in request.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Returns the size line that starts a chunk of `len` bytes.
+fn chunk_prefix(len: usize) -> Bytes {
+    Bytes::from(format!("{len:x}\r\n"))
+}
+
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Sends one request and reads its response head on `connection`.
+///
+/// The request body is sent while the response head is awaited, and whatever is left of
+/// it when the head arrives goes on with the response body, so an upstream that answers
+/// early (with 413, or by streaming a response to the body) is heard.
+pub async fn exchange(
+    connection: &mut UpstreamConnection,
+    request: Sent<'_>,
+    mut body: UpstreamRequestBody,
+) -> Result<ResponseHead, ExchangeError> {
+    let has_body = !body.is_end_stream();
+    let chunked = has_body && !request.headers.contains_key(header::CONTENT_LENGTH);
+
+    let mut head = Vec::with_capacity(256 + request.headers.len() * 48);
+    encode_head(&request, chunked, &mut head);
+
+    // A small body usually arrives with the request head; it then goes in the same write.
+    let mut body_done = !has_body;
+    if has_body {
+        if let Some(frame) = body.frame().now_or_never() {
+            match frame {
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        if chunked && !data.is_empty() {
+                            head.extend_from_slice(&chunk_prefix(data.len()));
+                            head.extend_from_slice(&data);
+                            head.extend_from_slice(b"\r\n");
+                        } else {
+                            head.extend_from_slice(&data);
+                        }
+                    }
+                    body_done = body.is_end_stream();
+                }
+                None => body_done = true,
+            }
+            if body_done && chunked {
+                head.extend_from_slice(LAST_CHUNK);
+            }
+        }
+    }
+
+    let stream = &mut connection.stream;
+    let written = stream.write(&head).await.map_err(ExchangeError::Unsent)?;
+    stream.write_all(&head[written..]).await?;
+
+    let mut sender = (!body_done).then(|| Box::new(BodySender::new(body, chunked)));
+    let mut send_error = None;
+    let head = std::future::poll_fn(|cx| {
+        if let Some(sending) = sender.as_mut().filter(|_| send_error.is_none()) {
+            match sending.poll_send(&mut connection.stream, cx) {
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+                // The upstream may have stopped reading because it is responding.
+                Poll::Ready(Err(ExchangeError::Io(error))) => send_error = Some(error),
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            }
+        }
+        poll_read_head(&mut connection.stream, &mut connection.read_buf, &request, cx)
+    })
+    .await;
+
+    match (head, send_error) {
+        (Ok(mut head), Some(_)) => {
+            head.keep_alive = false;
+            Ok(head)
+        }
+        (Ok(mut head), None) => {
+            head.unsent_body = sender.filter(|sending| !sending.is_done());
+            Ok(head)
+        }
+        (Err(_), Some(error)) => Err(ExchangeError::Io(error)),
+        (Err(error), None) => Err(error),
+    }
+}
+
+/// The part of a request body still to be sent, written as the socket accepts it.
+///
+/// It is polled by the exchange until the response head arrives, then by the response
+/// body, so one task drives both directions of the connection.
+pub struct BodySender {
+    body: UpstreamRequestBody,
+    chunked: bool,
+    /// Bytes taken from the body but not yet written.
+    pending: VecDeque<Bytes>,
+    /// The body's end was read (and the last chunk queued).
+    ended: bool,
+}
+
+impl std::fmt::Debug for BodySender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodySender").field("ended", &self.ended).finish()
+    }
+}
+
+impl BodySender {
+    fn new(body: UpstreamRequestBody, chunked: bool) -> Self {
+        BodySender {
+            body,
+            chunked,
+            pending: VecDeque::with_capacity(3),
+            ended: false,
+        }
+    }
+
+    /// Returns whether the whole body was written.
+    pub fn is_done(&self) -> bool {
+        self.ended && self.pending.is_empty()
+    }
+
+    /// Writes body bytes until the body or the socket has to wait, or all is sent.
+    pub fn poll_send(&mut self, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+        loop {
+            while !self.pending.is_empty() {
+                let mut slices = [IoSlice::new(&[]); 3];
+                let count = self.pending.len().min(slices.len());
+                for (slice, bytes) in slices.iter_mut().zip(&self.pending) {
+                    *slice = IoSlice::new(bytes);
+                }
+                let mut written = ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]))?;
+                if written == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                while written > 0 {
+                    let front = &mut self.pending[0];
+                    let take = written.min(front.len());
+                    front.advance(take);
+                    written -= take;
+                    if front.is_empty() {
+                        self.pending.pop_front();
+                    }
+                }
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if self.chunked {
+                        self.pending.push_back(chunk_prefix(data.len()));
+                        self.pending.push_back(data);
+                        self.pending.push_back(Bytes::from_static(b"\r\n"));
+                    } else {
+                        self.pending.push_back(data);
+                    }
+                }
+                Some(Err(error)) => return Poll::Ready(Err(error.into())),
+                None => {
+                    self.ended = true;
+                    if self.chunked {
+                        self.pending.push_back(Bytes::from_static(LAST_CHUNK));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads response heads until a final one, skipping interim 1xx responses.
+fn poll_read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    request: &Sent<'_>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<ResponseHead, ExchangeError>> {
+    loop {
+        if !buf.is_empty() {
+            match parse_head(buf, request)? {
+                Parsed::Partial => {}
+                Parsed::Interim => continue,
+                Parsed::Final(head) => return Poll::Ready(Ok(head)),
+            }
+        }
+        if buf.len() >= MAX_HEAD_BYTES {
+            return Poll::Ready(Err(ExchangeError::HeadTooLarge));
+        }
+
+        buf.reserve(READ_SIZE);
+        if ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf))? == 0 {
+            return Poll::Ready(Err(if buf.is_empty() {
+                ExchangeError::Closed
+            } else {
+                ExchangeError::InvalidResponse("connection closed inside the response head")
+            }));
+        }
+    }
+}
+
+enum Parsed {
+    Partial,
+    /// A 1xx response other than an expected 101, taken from the buffer.
+    Interim,
+    Final(ResponseHead),
+}
+
+/// Parses a response head at the front of `buf`, taking it from the buffer when whole.
+///
+/// Header values are slices of the head's bytes, so they are not copied one by one.
+fn parse_head(buf: &mut BytesMut, request: &Sent<'_>) -> Result<Parsed, ExchangeError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(error) => return Err(ExchangeError::InvalidHead(error)),
+    };
+
+    let code = parsed.code.unwrap_or_default();
+    let status = StatusCode::from_u16(code).map_err(|_| ExchangeError::InvalidResponse("invalid status code"))?;
+    if status.is_informational() && !(status == StatusCode::SWITCHING_PROTOCOLS && request.upgrade) {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ExchangeError::InvalidResponse("101 without an upgrade request"));
+        }
+        buf.advance(len);
+        return Ok(Parsed::Interim);
+    }
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+
+    let base = buf.as_ptr() as usize;
+    let mut names = Vec::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| ExchangeError::InvalidResponse("invalid header name"))?;
+        let start = field.value.as_ptr() as usize - base;
+        names.push((name, start, start + field.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+
+    let mut headers = HeaderMap::with_capacity(names.len());
+    for (name, start, end) in names {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| ExchangeError::InvalidResponse("invalid header value"))?;
+        headers.append(name, value);
+    }
+
+    let framing = framing(request.method, status, &mut headers)?;
+    let keep_alive = framing != Framing::Close
+        && status != StatusCode::SWITCHING_PROTOCOLS
+        && match version {
+            Version::HTTP_10 => connection_has(&headers, "keep-alive"),
+            _ => !connection_has(&headers, "close"),
+        };
+
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(Parsed::Final(ResponseHead {
+        response,
+        framing,
+        keep_alive,
+        unsent_body: None,
+    }))
+}
+
+/// Finds how the body of a response ends, and drops a `Content-Length` that
+/// `Transfer-Encoding` overrides.
+fn framing(method: &Method, status: StatusCode, headers: &mut HeaderMap) -> Result<Framing, ExchangeError> {
+    if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .rfind(|coding| !coding.is_empty());
+        if !last.is_some_and(|coding| coding.eq_ignore_ascii_case("chunked")) {
+            return Err(ExchangeError::InvalidResponse("unsupported Transfer-Encoding"));
+        }
+        headers.remove(header::CONTENT_LENGTH);
+        return Ok(Framing::Chunked);
+    }
+
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&byte| byte == b',') {
+            let item = item.trim_ascii();
+            let parsed = std::str::from_utf8(item)
+                .ok()
+                .filter(|text| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()))
+                .and_then(|text| text.parse::<u64>().ok())
+                .ok_or(ExchangeError::InvalidResponse("invalid Content-Length"))?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err(ExchangeError::InvalidResponse("conflicting Content-Length values"));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(length) => Framing::Length(length),
+        None => Framing::Close,
+    })
+}
+
+#[derive(Debug)]
+enum BodyState {
+    Length(u64),
+    Chunked(Decoder),
+    Close,
+    Done,
+}
+
+/// A response body read straight from the upstream connection it arrives on.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    lease: Option<Lease>,
+    state: BodyState,
+    keep_alive: bool,
+    unsent_body: Option<Box<BodySender>>,
+}
+
+fn unexpected_eof() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "upstream closed the connection inside the response body",
+    )
+}
+
+impl UpstreamBody {
+    pub fn new(lease: Lease, framing: Framing, keep_alive: bool, unsent_body: Option<Box<BodySender>>) -> Self {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => BodyState::Done,
+            Framing::Length(length) => BodyState::Length(length),
+            Framing::Chunked => BodyState::Chunked(Decoder::default()),
+            Framing::Close => BodyState::Close,
+        };
+        UpstreamBody {
+            lease: Some(lease),
+            state,
+            keep_alive,
+            unsent_body,
+        }
+    }
+
+    /// Returns the connection to its pool if the body ended cleanly and nothing
+    /// unasked follows it; otherwise closes it.
+    pub fn release(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let sent = self.unsent_body.as_ref().is_none_or(|sending| sending.is_done());
+        if matches!(self.state, BodyState::Done) && self.keep_alive && sent && lease.connection.read_buf.is_empty() {
+            lease.release();
+        }
+    }
+
+    /// Closes the connection, for a body that did not end cleanly.
+    pub fn discard(&mut self) {
+        self.lease = None;
+    }
+
+    /// Reads more bytes into the connection's buffer; returns how many.
+    fn poll_fill(connection: &mut UpstreamConnection, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        connection.read_buf.reserve(want);
+        tokio_util::io::poll_read_buf(Pin::new(&mut connection.stream), cx, &mut connection.read_buf)
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        let this = self.get_mut();
+        let Some(lease) = this.lease.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let connection = &mut lease.connection;
+
+        if let Some(sending) = this.unsent_body.as_mut().filter(|sending| !sending.is_done()) {
+            match sending.poll_send(&mut connection.stream, cx) {
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+                // The upstream stopped reading the request; its response may still come.
+                Poll::Ready(Err(ExchangeError::Io(_))) => {
+                    this.unsent_body = None;
+                    this.keep_alive = false;
+                }
+                Poll::Ready(Err(error)) => {
+                    this.lease = None;
+                    return Poll::Ready(Some(Err(io::Error::other(error))));
+                }
+            }
+        }
+
+        loop {
+            match &mut this.state {
+                BodyState::Done => return Poll::Ready(None),
+                BodyState::Length(left) => {
+                    if connection.read_buf.is_empty() {
+                        let want = (*left).min(MAX_READ as u64) as usize;
+                        if ready!(Self::poll_fill(connection, cx, want))? == 0 {
+                            return Poll::Ready(Some(Err(unexpected_eof())));
+                        }
+                    }
+                    let take = (*left).min(connection.read_buf.len() as u64);
+                    let data = connection.read_buf.split_to(take as usize).freeze();
+                    *left -= take;
+                    if *left == 0 {
+                        this.state = BodyState::Done;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::Close => {
+                    if connection.read_buf.is_empty() && ready!(Self::poll_fill(connection, cx, READ_SIZE))? == 0 {
+                        this.state = BodyState::Done;
+                        return Poll::Ready(None);
+                    }
+                    let data = connection.read_buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::Chunked(decoder) => match decoder.decode(&mut connection.read_buf, MAX_READ)? {
+                    Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Decoded::End => this.state = BodyState::Done,
+                    Decoded::NeedMore => {
+                        if ready!(Self::poll_fill(connection, cx, READ_SIZE))? == 0 {
+                            return Poll::Ready(Some(Err(unexpected_eof())));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.lease.is_none() || matches!(self.state, BodyState::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Length(left) => SizeHint::with_exact(left),
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Chunked(_) | BodyState::Close => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in fields {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let get = Method::GET;
+        let ok = StatusCode::OK;
+
+        let mut both = headers(&[("content-length", "10"), ("transfer-encoding", "gzip, chunked")]);
+        assert_eq!(framing(&get, ok, &mut both).unwrap(), Framing::Chunked);
+        assert!(!both.contains_key(header::CONTENT_LENGTH));
+
+        let mut repeated = headers(&[("content-length", "7, 7"), ("content-length", "7")]);
+        assert_eq!(framing(&get, ok, &mut repeated).unwrap(), Framing::Length(7));
+
+        let mut none = HeaderMap::new();
+        assert_eq!(framing(&get, ok, &mut none).unwrap(), Framing::Close);
+        assert_eq!(
+            framing(&Method::HEAD, ok, &mut headers(&[("content-length", "7")])).unwrap(),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing(&get, StatusCode::NOT_MODIFIED, &mut headers(&[("content-length", "7")])).unwrap(),
+            Framing::Empty
+        );
+
+        for bad in [
+            &[("content-length", "7, 8")][..],
+            &[("content-length", "+7")],
+            &[("content-length", "")],
+            &[("transfer-encoding", "chunked, gzip")],
+        ] {
+            assert!(framing(&get, ok, &mut headers(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn head_is_encoded_in_origin_form_with_chunked_framing() {
+        let fields = headers(&[("host", "app.test"), ("x-a", "1"), ("x-a", "2")]);
+        let request = Sent {
+            method: &Method::POST,
+            target: "/p?q=1",
+            headers: &fields,
+            upgrade: false,
+        };
+        let mut out = Vec::new();
+        encode_head(&request, true, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nhost: app.test\r\nx-a: 1\r\nx-a: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn parsed_head_keeps_the_rest_of_the_buffer() {
+        let fields = HeaderMap::new();
+        let request = Sent {
+            method: &Method::GET,
+            target: "/",
+            headers: &fields,
+            upgrade: false,
+        };
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"[..]);
+        let Parsed::Final(head) = parse_head(&mut buf, &request).unwrap() else {
+            panic!("the head was not parsed");
+        };
+        assert_eq!(head.response.status(), StatusCode::OK);
+        assert_eq!(head.response.headers()[header::CONTENT_LENGTH], "3");
+        assert_eq!(head.framing, Framing::Length(3));
+        assert!(!head.keep_alive);
+        assert_eq!(&buf[..], b"abc");
+
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-"[..]);
+        assert!(matches!(parse_head(&mut partial, &request).unwrap(), Parsed::Partial));
+    }
+}
