@@ -4,6 +4,8 @@
 #
 #   scripts/callgrind.sh                both proxies
 #   scripts/callgrind.sh minigateway    one of them
+#   KEEP=/tmp/cg scripts/callgrind.sh   also copy the callgrind files there, for
+#                                       callgrind_annotate
 #
 # Each proxy runs under callgrind twice, serving 2,000 and then 8,000 plain-HTTP
 # keep-alive requests (h2load --h1, 10 connections) to an nginx upstream; the
@@ -124,6 +126,7 @@ count() {
   fi
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out"* "$KEEP"/; fi
   awk '/^summary:/ { print $2 }' "$out"*
 }
 
