@@ -282,3 +282,31 @@ async fn bytes_after_a_101_response_reach_the_client() {
     let text = String::from_utf8_lossy(&received);
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_beside_chunked_does_not_reach_the_upstream() {
+    let upstream = ScriptedUpstream::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = gateway_for(&upstream).await;
+
+    // Framed by Transfer-Encoding, the body is 5 bytes; by Content-Length it would be 30,
+    // swallowing the next request on a shared upstream connection.
+    for head in [
+        "Content-Length: 30\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 30",
+    ] {
+        let response = raw(
+            gw.http,
+            &format!("POST /in HTTP/1.1\r\nHost: app.test\r\n{head}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(response.status, 200);
+    }
+
+    for request in upstream.requests() {
+        let request = String::from_utf8_lossy(&request).to_ascii_lowercase();
+        assert!(!request.contains("content-length"), "{request}");
+        assert!(request.contains("transfer-encoding: chunked\r\n"), "{request}");
+        assert!(request.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{request}");
+    }
+    assert_eq!(upstream.requests().len(), 2);
+}
