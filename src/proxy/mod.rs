@@ -39,6 +39,7 @@ use crate::upstream::http1::{self, ExchangeError, ResponseHead, Sent, UpstreamBo
 use crate::upstream::pool::{self, ConnectError, Lease};
 use body::{ClientBodyError, ResponseBody, UpstreamRequestBody};
 use error::{ProxyError, UpstreamError};
+use headers::Forwarding;
 
 /// One request from receipt to the end of its response. Dropping it does the
 /// accounting, so a request abandoned half-way is counted and logged too.
@@ -250,7 +251,7 @@ fn content_length(parts: &Parts) -> Option<u64> {
 }
 
 /// Returns the consistent-hash key of a request; other strategies ignore it.
-fn balance_key(route: &Route, client: &ClientAddr, host: &str, parts: &Parts) -> u64 {
+fn balance_key(route: &Route, client: &ClientAddr, host: &str, parts: &Parts, forwarding: &Forwarding) -> u64 {
     if route.pool.balancer.strategy() != Strategy::ConsistentHash {
         return 0;
     }
@@ -258,9 +259,9 @@ fn balance_key(route: &Route, client: &ClientAddr, host: &str, parts: &Parts) ->
         HashKey::ClientIp => hash_ip(client.ip),
         HashKey::Host => hash_key(host.as_bytes()),
         HashKey::Uri => hash_key(parts.uri.path_and_query().map_or("/", PathAndQuery::as_str).as_bytes()),
-        HashKey::Header(name) => parts
-            .headers
+        HashKey::Header(name) => forwarding
             .get(name)
+            .or_else(|| parts.headers.get(name))
             .map_or_else(|| hash_ip(client.ip), |value| hash_key(value.as_bytes())),
     }
 }
@@ -299,6 +300,7 @@ fn redirect_to_https(host: &str, port: Option<u16>, uri: &Uri) -> Response<Respo
 struct Prepared {
     route: usize,
     parts: Parts,
+    forwarding: Forwarding,
     body: UpstreamRequestBody,
     key: u64,
     deadline: Option<Instant>,
@@ -363,10 +365,10 @@ fn prepare(
     if parts.headers.contains_key(header::EXPECT) {
         parts.headers.remove(header::EXPECT);
     }
-    headers::set_forwarding(&mut parts.headers, &client, &conn.peer_header, conn.tls, host_value);
+    let forwarding = Forwarding::new(&client, &conn.peer_header, conn.tls, host_value);
     parts.version = Version::HTTP_11;
 
-    let key = balance_key(route, &client, host.as_str(), &parts);
+    let key = balance_key(route, &client, host.as_str(), &parts, &forwarding);
     let body = if body.is_end_stream() {
         UpstreamRequestBody::empty()
     } else {
@@ -376,6 +378,7 @@ fn prepare(
     Ok(Ok(Prepared {
         route: index,
         parts,
+        forwarding,
         body,
         key,
         deadline: snapshot.timeouts.write.map(|limit| received + limit),
@@ -398,16 +401,12 @@ async fn forward(
     let deadline = prepared.deadline;
     let upgrade = prepared.client_upgrade.is_some();
 
-    let (head, lease) = send(
-        route,
-        &prepared.parts,
-        prepared.body,
-        prepared.key,
-        deadline,
+    let request = Outgoing {
+        parts: &prepared.parts,
+        forwarding: &prepared.forwarding,
         upgrade,
-        exchange,
-    )
-    .await?;
+    };
+    let (head, lease) = send(route, request, prepared.body, prepared.key, deadline, exchange).await?;
     let ResponseHead {
         response,
         framing,
@@ -431,9 +430,17 @@ async fn forward(
         }
     }
 
-    headers::remove_hop_by_hop(&mut parts.headers, false);
+    // The response head was read without its hop-by-hop fields.
     let body = UpstreamBody::new(lease, framing, keep_alive, unsent_body);
     Ok(Response::from_parts(parts, ResponseBody::upstream(body, deadline)))
+}
+
+/// A prepared request as the upstream will see it, apart from its target path.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    parts: &'a Parts,
+    forwarding: &'a Forwarding,
+    upgrade: bool,
 }
 
 /// The failure of one attempt to exchange a request with a target.
@@ -481,13 +488,17 @@ async fn exchange_with(
 /// closed) is retried once for idempotent requests without a body.
 async fn send(
     route: &Route,
-    parts: &Parts,
+    request: Outgoing<'_>,
     body: UpstreamRequestBody,
     key: u64,
     deadline: Option<Instant>,
-    upgrade: bool,
     exchange: &mut Exchange,
 ) -> Result<(ResponseHead, Lease), ProxyError> {
+    let Outgoing {
+        parts,
+        forwarding,
+        upgrade,
+    } = request;
     let pool = &route.pool;
     let replayable = body.is_end_stream() && !upgrade;
     let idempotent = is_idempotent(&parts.method);
@@ -506,6 +517,7 @@ async fn send(
             method: &parts.method,
             target: &path,
             headers: &parts.headers,
+            forwarding: Some(forwarding),
             upgrade,
         };
         let body = body.take().unwrap_or_else(UpstreamRequestBody::empty);

@@ -18,7 +18,7 @@ use std::io::IoSlice;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use super::chunked::{Decoded, Decoder};
 use super::pool::{Lease, UpstreamConnection};
 use crate::proxy::body::{ClientBodyError, UpstreamRequestBody};
-use crate::proxy::headers::connection_has;
+use crate::proxy::headers::Forwarding;
 
 /// Largest response head accepted from an upstream.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -101,6 +101,8 @@ pub struct Sent<'a> {
     /// The request target in origin form.
     pub target: &'a str,
     pub headers: &'a HeaderMap,
+    /// Headers that replace the client's values of the same names.
+    pub forwarding: Option<&'a Forwarding>,
     /// The request asks to switch protocols, so a 101 response is expected.
     pub upgrade: bool,
 }
@@ -112,10 +114,16 @@ fn encode_head(request: &Sent<'_>, chunked: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(request.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in request.headers {
+        if request.forwarding.is_some() && Forwarding::replaces(name) {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(forwarding) = request.forwarding {
+        forwarding.encode(out);
     }
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -330,7 +338,9 @@ enum Parsed {
 
 /// Parses a response head at the front of `buf`, taking it from the buffer when whole.
 ///
-/// Header values are slices of the head's bytes, so they are not copied one by one.
+/// Hop-by-hop fields (RFC 9110 section 7.6.1) are read for framing and keep-alive and
+/// left out of the returned map, except in a 101 response, whose handshake must reach
+/// the client. Header values are slices of the head's bytes, not copies.
 fn parse_head(buf: &mut BytesMut, request: &Sent<'_>) -> Result<Parsed, ExchangeError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut fields);
@@ -349,17 +359,29 @@ fn parse_head(buf: &mut BytesMut, request: &Sent<'_>) -> Result<Parsed, Exchange
         buf.advance(len);
         return Ok(Parsed::Interim);
     }
-    let version = if parsed.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
 
+    let facts = HeadFacts::read(parsed.headers)?;
+    let framing = facts.framing(request.method, status)?;
+    let keep_alive = framing != Framing::Close
+        && status != StatusCode::SWITCHING_PROTOCOLS
+        && if parsed.version == Some(0) {
+            facts.keep_alive
+        } else {
+            !facts.close
+        };
+
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let base = buf.as_ptr() as usize;
     let mut names = Vec::with_capacity(parsed.headers.len());
     for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| ExchangeError::InvalidResponse("invalid header name"))?;
+        let name = field.name.as_bytes();
+        if !switching && facts.is_hop_by_hop(name) {
+            continue;
+        }
+        if framing == Framing::Chunked && name.eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| ExchangeError::InvalidResponse("invalid header name"))?;
         let start = field.value.as_ptr() as usize - base;
         names.push((name, start, start + field.value.len()));
     }
@@ -372,14 +394,6 @@ fn parse_head(buf: &mut BytesMut, request: &Sent<'_>) -> Result<Parsed, Exchange
         headers.append(name, value);
     }
 
-    let framing = framing(request.method, status, &mut headers)?;
-    let keep_alive = framing != Framing::Close
-        && status != StatusCode::SWITCHING_PROTOCOLS
-        && match version {
-            Version::HTTP_10 => connection_has(&headers, "keep-alive"),
-            _ => !connection_has(&headers, "close"),
-        };
-
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.headers_mut() = headers;
@@ -391,52 +405,100 @@ fn parse_head(buf: &mut BytesMut, request: &Sent<'_>) -> Result<Parsed, Exchange
     }))
 }
 
-/// Finds how the body of a response ends, and drops a `Content-Length` that
-/// `Transfer-Encoding` overrides.
-fn framing(method: &Method, status: StatusCode, headers: &mut HeaderMap) -> Result<Framing, ExchangeError> {
-    if method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Empty);
-    }
+/// Header names that are hop-by-hop by themselves.
+const HOP_BY_HOP: [&[u8]; 7] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
 
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            .rfind(|coding| !coding.is_empty());
-        if !last.is_some_and(|coding| coding.eq_ignore_ascii_case("chunked")) {
-            return Err(ExchangeError::InvalidResponse("unsupported Transfer-Encoding"));
-        }
-        headers.remove(header::CONTENT_LENGTH);
-        return Ok(Framing::Chunked);
-    }
+/// What the framing and connection fields of a response head say.
+#[derive(Debug, Default)]
+struct HeadFacts<'h> {
+    /// `Connection: close` was sent.
+    close: bool,
+    /// `Connection: keep-alive` was sent (what keeps an HTTP/1.0 response's connection).
+    keep_alive: bool,
+    /// Transfer-Encoding was sent, and whether its last coding is chunked.
+    transfer_encoding: Option<bool>,
+    content_length: Option<u64>,
+    /// Other names listed in `Connection`, hop-by-hop too.
+    listed: Vec<&'h [u8]>,
+}
 
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&byte| byte == b',') {
-            let item = item.trim_ascii();
-            let parsed = std::str::from_utf8(item)
-                .ok()
-                .filter(|text| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()))
-                .and_then(|text| text.parse::<u64>().ok())
-                .ok_or(ExchangeError::InvalidResponse("invalid Content-Length"))?;
-            if length.is_some_and(|seen| seen != parsed) {
-                return Err(ExchangeError::InvalidResponse("conflicting Content-Length values"));
+fn comma_items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value
+        .split(|&byte| byte == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty())
+}
+
+impl<'h> HeadFacts<'h> {
+    fn read(fields: &[httparse::Header<'h>]) -> Result<HeadFacts<'h>, ExchangeError> {
+        let mut facts = HeadFacts::default();
+        for field in fields {
+            let name = field.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"connection") {
+                for token in comma_items(field.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        facts.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        facts.keep_alive = true;
+                    } else {
+                        facts.listed.push(token);
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                if let Some(last) = comma_items(field.value).next_back() {
+                    facts.transfer_encoding = Some(last.eq_ignore_ascii_case(b"chunked"));
+                }
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                for item in comma_items(field.value) {
+                    let length = std::str::from_utf8(item)
+                        .ok()
+                        .filter(|text| text.bytes().all(|byte| byte.is_ascii_digit()))
+                        .and_then(|text| text.parse::<u64>().ok())
+                        .ok_or(ExchangeError::InvalidResponse("invalid Content-Length"))?;
+                    if facts.content_length.is_some_and(|seen| seen != length) {
+                        return Err(ExchangeError::InvalidResponse("conflicting Content-Length values"));
+                    }
+                    facts.content_length = Some(length);
+                }
+                if comma_items(field.value).next().is_none() {
+                    return Err(ExchangeError::InvalidResponse("invalid Content-Length"));
+                }
             }
-            length = Some(parsed);
+        }
+        Ok(facts)
+    }
+
+    /// Finds how the body ends (RFC 9112 section 6.3).
+    fn framing(&self, method: &Method, status: StatusCode) -> Result<Framing, ExchangeError> {
+        if method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(Framing::Empty);
+        }
+        match (self.transfer_encoding, self.content_length) {
+            (Some(true), _) => Ok(Framing::Chunked),
+            (Some(false), _) => Err(ExchangeError::InvalidResponse("unsupported Transfer-Encoding")),
+            (None, Some(0)) => Ok(Framing::Empty),
+            (None, Some(length)) => Ok(Framing::Length(length)),
+            (None, None) => Ok(Framing::Close),
         }
     }
-    Ok(match length {
-        Some(0) => Framing::Empty,
-        Some(length) => Framing::Length(length),
-        None => Framing::Close,
-    })
+
+    /// Returns whether a field is hop-by-hop, by its name or by being listed in `Connection`.
+    fn is_hop_by_hop(&self, name: &[u8]) -> bool {
+        HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))
+            || self.listed.iter().any(|listed| listed.eq_ignore_ascii_case(name))
+    }
 }
 
 #[derive(Debug)]
@@ -593,37 +655,80 @@ mod tests {
         map
     }
 
+    fn parse(head: &'static [u8], method: &Method) -> Result<ResponseHead, ExchangeError> {
+        let fields = HeaderMap::new();
+        let request = Sent {
+            method,
+            target: "/",
+            headers: &fields,
+            forwarding: None,
+            upgrade: false,
+        };
+        match parse_head(&mut BytesMut::from(head), &request)? {
+            Parsed::Final(head) => Ok(head),
+            _ => panic!("no final head in {:?}", String::from_utf8_lossy(head)),
+        }
+    }
+
     #[test]
     fn framing_follows_rfc_9112() {
         let get = Method::GET;
-        let ok = StatusCode::OK;
+        let framing_of = |head| parse(head, &get).map(|parsed| parsed.framing);
 
-        let mut both = headers(&[("content-length", "10"), ("transfer-encoding", "gzip, chunked")]);
-        assert_eq!(framing(&get, ok, &mut both).unwrap(), Framing::Chunked);
-        assert!(!both.contains_key(header::CONTENT_LENGTH));
+        let both = parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            &get,
+        )
+        .unwrap();
+        assert_eq!(both.framing, Framing::Chunked);
+        assert!(both.response.headers().is_empty(), "{:?}", both.response.headers());
 
-        let mut repeated = headers(&[("content-length", "7, 7"), ("content-length", "7")]);
-        assert_eq!(framing(&get, ok, &mut repeated).unwrap(), Framing::Length(7));
-
-        let mut none = HeaderMap::new();
-        assert_eq!(framing(&get, ok, &mut none).unwrap(), Framing::Close);
         assert_eq!(
-            framing(&Method::HEAD, ok, &mut headers(&[("content-length", "7")])).unwrap(),
+            framing_of(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\nContent-Length: 7\r\n\r\n").unwrap(),
+            Framing::Length(7)
+        );
+        assert_eq!(framing_of(b"HTTP/1.1 200 OK\r\n\r\n").unwrap(), Framing::Close);
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", &Method::HEAD)
+                .unwrap()
+                .framing,
             Framing::Empty
         );
         assert_eq!(
-            framing(&get, StatusCode::NOT_MODIFIED, &mut headers(&[("content-length", "7")])).unwrap(),
+            framing_of(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n").unwrap(),
             Framing::Empty
         );
 
         for bad in [
-            &[("content-length", "7, 8")][..],
-            &[("content-length", "+7")],
-            &[("content-length", "")],
-            &[("transfer-encoding", "chunked, gzip")],
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 7, 8\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: +7\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
         ] {
-            assert!(framing(&get, ok, &mut headers(bad)).is_err(), "{bad:?}");
+            assert!(framing_of(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_read_and_dropped() {
+        let head = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: X-Bar, close\r\nX-Bar: 1\r\nKeep-Alive: timeout=5\r\n\
+              X-Kept: 2\r\nContent-Length: 0\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap();
+        let names: Vec<&str> = head.response.headers().keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept", "content-length"]);
+        assert!(!head.keep_alive);
+
+        let old = parse(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap();
+        assert!(old.keep_alive);
+        let old = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", &Method::GET).unwrap();
+        assert!(!old.keep_alive);
     }
 
     #[test]
@@ -633,6 +738,7 @@ mod tests {
             method: &Method::POST,
             target: "/p?q=1",
             headers: &fields,
+            forwarding: None,
             upgrade: false,
         };
         let mut out = Vec::new();
@@ -650,6 +756,7 @@ mod tests {
             method: &Method::GET,
             target: "/",
             headers: &fields,
+            forwarding: None,
             upgrade: false,
         };
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"[..]);
