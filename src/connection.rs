@@ -60,7 +60,8 @@ pub struct Connection {
     in_flight: AtomicU32,
     http2: AtomicBool,
     /// Cancelled to ask the connection to finish its requests and close, such as when
-    /// limitMaxConn needs room for a new connection.
+    /// limitMaxConn needs room for a new connection. Listeners make it a child of their
+    /// drain token, so the connection task waits on one token for both.
     close: CancellationToken,
 }
 
@@ -76,7 +77,7 @@ enum Expiry {
 }
 
 impl Connection {
-    pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool) -> Self {
+    pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool, close: CancellationToken) -> Self {
         Connection {
             peer,
             peer_header: ip_header(crate::client_ip::canonical_ip(peer.ip())),
@@ -86,7 +87,7 @@ impl Connection {
             since: AtomicU64::new(clock::now_ms()),
             in_flight: AtomicU32::new(0),
             http2: AtomicBool::new(false),
-            close: CancellationToken::new(),
+            close,
         }
     }
 
@@ -263,11 +264,23 @@ where
         };
 
         tokio::select! {
+            // The connection is polled first: it is what wakes the task nearly every time.
+            biased;
+
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     log_connection_error(&state, &conn, error.as_ref());
                 }
                 return;
+            }
+            () = conn.close.cancelled(), if close_by.is_none() => {
+                connection.as_mut().graceful_shutdown();
+                if drain.is_cancelled() {
+                    close_by = Some(tokio::time::Instant::now() + drain_limit);
+                } else {
+                    tracing::debug!(peer = %conn.peer, "closing an idle connection to make room under limitMaxConn");
+                    close_by = Some(tokio::time::Instant::now() + WRITE_GRACE);
+                }
             }
             () = &mut timer => {
                 if close_by.is_some() {
@@ -295,15 +308,6 @@ where
                         return;
                     }
                 }
-            }
-            () = drain.cancelled(), if close_by.is_none() => {
-                connection.as_mut().graceful_shutdown();
-                close_by = Some(tokio::time::Instant::now() + drain_limit);
-            }
-            () = conn.close.cancelled(), if close_by.is_none() => {
-                tracing::debug!(peer = %conn.peer, "closing an idle connection to make room under limitMaxConn");
-                connection.as_mut().graceful_shutdown();
-                close_by = Some(tokio::time::Instant::now() + WRITE_GRACE);
             }
         }
     }

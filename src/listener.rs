@@ -261,7 +261,12 @@ async fn accept_loop(
         let local = stream
             .local_addr()
             .unwrap_or_else(|_| listener.local_addr().expect("listener has an address"));
-        let conn = Arc::new(Connection::new(peer, local, kind == ListenerKind::Https));
+        let conn = Arc::new(Connection::new(
+            peer,
+            local,
+            kind == ListenerKind::Https,
+            drain.child_token(),
+        ));
         let Some(slot) = state.connections.try_acquire(&conn) else {
             state.metrics.reject(Reason::ConnectionLimit);
             tracing::debug!(client = %peer.ip(), "connection rejected: limitMaxConn reached and no connection is idle");

@@ -166,7 +166,12 @@ mod tests {
 
     fn connection() -> Arc<Connection> {
         let addr = "127.0.0.1:1".parse().unwrap();
-        Arc::new(Connection::new(addr, addr, false))
+        Arc::new(Connection::new(
+            addr,
+            addr,
+            false,
+            tokio_util::sync::CancellationToken::new(),
+        ))
     }
 
     fn idle_connection() -> Arc<Connection> {

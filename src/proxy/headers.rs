@@ -183,13 +183,18 @@ impl Forwarding {
 
     /// Appends the header lines to an HTTP/1.1 head.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        for name in [&X_FORWARDED_FOR, &X_REAL_IP, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
-            if let Some(value) = self.get(name) {
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
+        fn line(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+
+        line(out, &X_FORWARDED_FOR, &self.forwarded_for);
+        line(out, &X_REAL_IP, &self.real_ip);
+        line(out, &X_FORWARDED_PROTO, if self.tls { &HTTPS } else { &HTTP });
+        if let Some(host) = &self.host {
+            line(out, &X_FORWARDED_HOST, host);
         }
     }
 }
