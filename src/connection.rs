@@ -264,7 +264,7 @@ where
         };
 
         tokio::select! {
-            // The connection is polled first: it is what wakes the task nearly every time.
+            // The connection is polled first, because it causes nearly every wakeup.
             biased;
 
             result = connection.as_mut() => {

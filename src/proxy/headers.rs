@@ -126,7 +126,7 @@ pub fn ip_header(ip: IpAddr) -> HeaderValue {
 /// The forwarding headers of one request, written after the request's own fields.
 ///
 /// They replace any values the client sent. X-Forwarded-For is rebuilt from the verified
-/// chain plus the peer, so a client cannot choose its first element; X-Real-IP is the
+/// chain plus the peer, so a client cannot choose its first element. X-Real-IP is the
 /// resolved client. Writing them at encoding time, rather than inserting them into the
 /// request's header map, saves four map insertions and often a map resize per request.
 #[derive(Debug)]
@@ -139,7 +139,7 @@ pub struct Forwarding {
 
 impl Forwarding {
     /// Builds the headers for `client`. `peer` is the peer's address as header text,
-    /// which a connection formats once for all its requests; with no verified chain it
+    /// which a connection formats once for all its requests. With no verified chain it
     /// serves both addresses.
     pub fn new(client: &ClientAddr, peer: &HeaderValue, tls: bool, host: Option<HeaderValue>) -> Forwarding {
         let (forwarded_for, real_ip) = if client.chain.is_empty() {

@@ -455,7 +455,7 @@ enum AttemptError {
 /// response head.
 ///
 /// A pooled connection that fails the first write is dropped and the next one tried,
-/// since nothing was sent on it; that needs the body to be empty, as it is not kept.
+/// because nothing was sent on it. This needs an empty body, since a body is not kept.
 async fn exchange_with(
     target: &Target,
     request: Sent<'_>,

@@ -1,7 +1,7 @@
 //! Decoding of chunked upstream response bodies (RFC 9112 section 7.1).
 //!
-//! The decoder works on the connection's read buffer: it takes what it can from the
-//! buffer and asks for more bytes when a size line, a chunk's end or a trailer line is
+//! The decoder works on the connection's read buffer. It takes what it can from the
+//! buffer and returns `NeedMore` when a size line, a chunk's end or a trailer line is
 //! incomplete. Chunk extensions are ignored and trailer fields are dropped, as nginx
 //! does when it proxies to an HTTP/1.1 client that did not ask for them.
 
@@ -9,13 +9,13 @@ use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-/// Longest size line or trailer line accepted.
+/// Maximum length of a size line or a trailer line.
 const MAX_LINE: usize = 4096;
 
-/// Most trailer bytes accepted after the last chunk.
+/// Maximum trailer bytes accepted after the last chunk.
 const MAX_TRAILERS: usize = 16 * 1024;
 
-/// What the decoder found in the buffer.
+/// The result of one decoding step.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
     /// Body bytes, taken from the buffer.

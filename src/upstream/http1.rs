@@ -1,11 +1,11 @@
 //! HTTP/1.1 to upstreams, spoken from the request's own task.
 //!
-//! The request head is written with one write (together with the body's first frame
-//! when that has already arrived), the response head is parsed with httparse from the
-//! connection's buffer, and the response body is read from the socket by the body that
-//! hyper sends to the client ([`UpstreamBody`]). No connection task or channel sits
-//! between a request and its upstream socket, which saves a task wakeup and a message
-//! per request over hyper's client.
+//! The request head goes out in one write, together with the body's first frame when
+//! that has already arrived. The response head is parsed with httparse from the
+//! connection's buffer, and the body that hyper sends to the client ([`UpstreamBody`])
+//! reads the response body from the socket. No connection task or channel sits between
+//! a request and its upstream socket, which saves a task wakeup and a message per
+//! request over hyper's client.
 
 use std::error::Error as StdError;
 use std::io;
@@ -29,16 +29,16 @@ use super::pool::{Lease, UpstreamConnection};
 use crate::proxy::body::{ClientBodyError, UpstreamRequestBody};
 use crate::proxy::headers::Forwarding;
 
-/// Largest response head accepted from an upstream.
+/// Maximum size of a response head accepted from an upstream.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Most header fields accepted in a response head, as in hyper's client.
+/// Maximum number of header fields in a response head, as in hyper's client.
 const MAX_HEADERS: usize = 100;
 
 /// Bytes reserved for each read of a response head or of a body of unknown length.
 const READ_SIZE: usize = 16 * 1024;
 
-/// Most body bytes read at once when the length is known.
+/// Maximum body bytes read at once when the length is known.
 const MAX_READ: usize = 64 * 1024;
 
 /// A failed exchange of one request and response head with an upstream.
@@ -72,7 +72,7 @@ impl From<Box<dyn StdError + Send + Sync>> for ExchangeError {
     }
 }
 
-/// How the end of a response body is found (RFC 9112 section 6.3).
+/// Response body framing (RFC 9112 section 6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     /// No body: a response to HEAD, a 1xx, 204 or 304.
@@ -83,14 +83,14 @@ pub enum Framing {
     Close,
 }
 
-/// A parsed response head and what it says about the body and the connection.
+/// A parsed response head, with its body framing and whether the connection is reusable.
 #[derive(Debug)]
 pub struct ResponseHead {
     pub response: Response<()>,
     pub framing: Framing,
     /// The connection can carry another request once the body is read.
     pub keep_alive: bool,
-    /// What is left of the request body, to be sent while the response body is read.
+    /// The rest of the request body, sent while the response body is read.
     pub unsent_body: Option<Box<BodySender>>,
 }
 
@@ -103,7 +103,7 @@ pub struct Sent<'a> {
     pub headers: &'a HeaderMap,
     /// Headers that replace the client's values of the same names.
     pub forwarding: Option<&'a Forwarding>,
-    /// The request asks to switch protocols, so a 101 response is expected.
+    /// The request is an upgrade request, so a 101 response is expected.
     pub upgrade: bool,
 }
 
@@ -141,7 +141,7 @@ const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// Sends one request and reads its response head on `connection`.
 ///
 /// The request body is sent while the response head is awaited, and whatever is left of
-/// it when the head arrives goes on with the response body, so an upstream that answers
+/// it when the head arrives goes on with the response body, so an upstream that responds
 /// early (with 413, or by streaming a response to the body) is heard.
 pub async fn exchange(
     connection: &mut UpstreamConnection,
@@ -416,7 +416,7 @@ const HOP_BY_HOP: [&[u8]; 7] = [
     b"upgrade",
 ];
 
-/// What the framing and connection fields of a response head say.
+/// Framing and connection facts read from a response head.
 #[derive(Debug, Default)]
 struct HeadFacts<'h> {
     /// `Connection: close` was sent.
@@ -732,7 +732,7 @@ mod tests {
     }
 
     #[test]
-    fn head_is_encoded_in_origin_form_with_chunked_framing() {
+    fn encode_head_origin_form_chunked() {
         let fields = headers(&[("host", "app.test"), ("x-a", "1"), ("x-a", "2")]);
         let request = Sent {
             method: &Method::POST,

@@ -53,7 +53,7 @@ async fn close_delimited_response_is_read_to_the_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn head_response_keeps_its_length_and_has_no_body() {
+async fn head_response_without_body() {
     let upstream = ScriptedUpstream::start(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").await;
     let gw = gateway_for(&upstream).await;
     let mut stream = TcpStream::connect(gw.http).await.unwrap();
@@ -127,7 +127,7 @@ async fn oversized_response_head_gets_502() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn body_cut_short_by_the_upstream_ends_the_client_response() {
+async fn truncated_body_aborts_client_response() {
     let upstream = ScriptedUpstream::start_closing(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this").await;
     let gw = gateway_for(&upstream).await;
 
@@ -149,7 +149,7 @@ async fn body_cut_short_by_the_upstream_ends_the_client_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_closing_idle_connections_is_not_seen_by_clients() {
+async fn stale_pooled_connection_is_skipped() {
     // Promises keep-alive, then closes every connection after one response.
     let upstream = ScriptedUpstream::start_closing(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
     let gw = gateway_for(&upstream).await;
@@ -218,7 +218,7 @@ async fn chunked_request_body_reaches_a_real_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_upstream_response_reaches_a_client_still_uploading() {
-    // Answers as soon as it has a request head, and closes without reading the body.
+    // Responds as soon as it has a request head, and closes without reading the body.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -284,12 +284,12 @@ async fn bytes_after_a_101_response_reach_the_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn content_length_beside_chunked_does_not_reach_the_upstream() {
+async fn content_length_beside_chunked_dropped() {
     let upstream = ScriptedUpstream::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
     let gw = gateway_for(&upstream).await;
 
-    // Framed by Transfer-Encoding, the body is 5 bytes; by Content-Length it would be 30,
-    // swallowing the next request on a shared upstream connection.
+    // Framed by Transfer-Encoding, the body is 5 bytes. Framed by Content-Length it would
+    // be 30 and swallow the next request on a shared upstream connection.
     for head in [
         "Content-Length: 30\r\nTransfer-Encoding: chunked",
         "Transfer-Encoding: chunked\r\nContent-Length: 30",

@@ -244,9 +244,9 @@ pub async fn closed_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// An upstream that answers every request with the same bytes, for responses that a
+/// An upstream that responds to every request with the same bytes, for responses that a
 /// well-behaved server would not send. It reads each request head (and a body framed
-/// by Content-Length or chunked) before it answers, and records the raw requests.
+/// by Content-Length or chunked) before it responds, and records the raw requests.
 pub struct ScriptedUpstream {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -255,12 +255,12 @@ pub struct ScriptedUpstream {
 }
 
 impl ScriptedUpstream {
-    /// Answers each request with `reply` and keeps the connection open.
+    /// Responds to each request with `reply` and keeps the connection open.
     pub async fn start(reply: &'static [u8]) -> ScriptedUpstream {
         Self::start_with(reply, false).await
     }
 
-    /// Answers each request with `reply`, then closes the connection.
+    /// Responds to each request with `reply`, then closes the connection.
     pub async fn start_closing(reply: &'static [u8]) -> ScriptedUpstream {
         Self::start_with(reply, true).await
     }
