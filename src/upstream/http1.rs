@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use super::chunked::{Decoded, Decoder};
 use super::pool::{Lease, UpstreamConnection};
 use crate::proxy::body::{ClientBodyError, UpstreamRequestBody};
-use crate::proxy::headers::Forwarding;
+use crate::proxy::headers::{Forwarding, KEEP_ALIVE, PROXY_CONNECTION};
 
 /// Maximum size of a response head accepted from an upstream.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -140,9 +140,9 @@ const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// Sends one request and reads its response head on `connection`.
 ///
-/// The request body is sent while the response head is awaited, and whatever is left of
-/// it when the head arrives goes on with the response body, so an upstream that responds
-/// early (with 413, or by streaming a response to the body) is heard.
+/// The request body is sent while the response head is awaited. Whatever is left of it
+/// when the head arrives is sent while the response body streams, so an upstream that
+/// responds early (with 413, or by echoing the body as it arrives) is heard.
 pub async fn exchange(
     connection: &mut UpstreamConnection,
     request: Sent<'_>,
@@ -360,35 +360,47 @@ fn parse_head(buf: &mut BytesMut, request: &Sent<'_>) -> Result<Parsed, Exchange
         return Ok(Parsed::Interim);
     }
 
-    let facts = HeadFacts::read(parsed.headers)?;
+    // One pass names every field and reads the framing and connection fields. Names
+    // listed in `Connection` are marked afterwards, since they may come first.
+    let base = buf.as_ptr() as usize;
+    let mut facts = HeadFacts::default();
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| ExchangeError::InvalidResponse("invalid header name"))?;
+        let hop_by_hop = facts.read(&name, field.value)?;
+        let start = field.value.as_ptr() as usize - base;
+        fields.push((name, start, start + field.value.len(), hop_by_hop));
+    }
+    for listed in &facts.listed {
+        for field in fields
+            .iter_mut()
+            .filter(|field| field.0.as_str().as_bytes().eq_ignore_ascii_case(listed))
+        {
+            field.3 = true;
+        }
+    }
+
     let framing = facts.framing(request.method, status)?;
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let keep_alive = framing != Framing::Close
-        && status != StatusCode::SWITCHING_PROTOCOLS
+        && !switching
         && if parsed.version == Some(0) {
             facts.keep_alive
         } else {
             !facts.close
         };
-
-    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    let base = buf.as_ptr() as usize;
-    let mut names = Vec::with_capacity(parsed.headers.len());
-    for field in parsed.headers.iter() {
-        let name = field.name.as_bytes();
-        if !switching && facts.is_hop_by_hop(name) {
-            continue;
-        }
-        if framing == Framing::Chunked && name.eq_ignore_ascii_case(b"content-length") {
-            continue;
-        }
-        let name = HeaderName::from_bytes(name).map_err(|_| ExchangeError::InvalidResponse("invalid header name"))?;
-        let start = field.value.as_ptr() as usize - base;
-        names.push((name, start, start + field.value.len()));
-    }
+    drop(facts);
     let head = buf.split_to(len).freeze();
 
-    let mut headers = HeaderMap::with_capacity(names.len());
-    for (name, start, end) in names {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, start, end, hop_by_hop) in fields {
+        if hop_by_hop && !switching {
+            continue;
+        }
+        if framing == Framing::Chunked && name == header::CONTENT_LENGTH {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| ExchangeError::InvalidResponse("invalid header value"))?;
         headers.append(name, value);
@@ -404,17 +416,6 @@ fn parse_head(buf: &mut BytesMut, request: &Sent<'_>) -> Result<Parsed, Exchange
         unsent_body: None,
     }))
 }
-
-/// Header names that are hop-by-hop by themselves.
-const HOP_BY_HOP: [&[u8]; 7] = [
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-];
 
 /// Framing and connection facts read from a response head.
 #[derive(Debug, Default)]
@@ -438,42 +439,48 @@ fn comma_items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
 }
 
 impl<'h> HeadFacts<'h> {
-    fn read(fields: &[httparse::Header<'h>]) -> Result<HeadFacts<'h>, ExchangeError> {
-        let mut facts = HeadFacts::default();
-        for field in fields {
-            let name = field.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"connection") {
-                for token in comma_items(field.value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        facts.close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        facts.keep_alive = true;
-                    } else {
-                        facts.listed.push(token);
-                    }
-                }
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                if let Some(last) = comma_items(field.value).next_back() {
-                    facts.transfer_encoding = Some(last.eq_ignore_ascii_case(b"chunked"));
-                }
-            } else if name.eq_ignore_ascii_case(b"content-length") {
-                for item in comma_items(field.value) {
-                    let length = std::str::from_utf8(item)
-                        .ok()
-                        .filter(|text| text.bytes().all(|byte| byte.is_ascii_digit()))
-                        .and_then(|text| text.parse::<u64>().ok())
-                        .ok_or(ExchangeError::InvalidResponse("invalid Content-Length"))?;
-                    if facts.content_length.is_some_and(|seen| seen != length) {
-                        return Err(ExchangeError::InvalidResponse("conflicting Content-Length values"));
-                    }
-                    facts.content_length = Some(length);
-                }
-                if comma_items(field.value).next().is_none() {
-                    return Err(ExchangeError::InvalidResponse("invalid Content-Length"));
+    /// Reads one field; returns whether it is hop-by-hop by its name alone.
+    fn read(&mut self, name: &HeaderName, value: &'h [u8]) -> Result<bool, ExchangeError> {
+        if name == header::CONNECTION {
+            for token in comma_items(value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else {
+                    self.listed.push(token);
                 }
             }
+            return Ok(true);
         }
-        Ok(facts)
+        if name == header::TRANSFER_ENCODING {
+            if let Some(last) = comma_items(value).next_back() {
+                self.transfer_encoding = Some(last.eq_ignore_ascii_case(b"chunked"));
+            }
+            return Ok(true);
+        }
+        if name == header::CONTENT_LENGTH {
+            if comma_items(value).next().is_none() {
+                return Err(ExchangeError::InvalidResponse("invalid Content-Length"));
+            }
+            for item in comma_items(value) {
+                let length = std::str::from_utf8(item)
+                    .ok()
+                    .filter(|text| text.bytes().all(|byte| byte.is_ascii_digit()))
+                    .and_then(|text| text.parse::<u64>().ok())
+                    .ok_or(ExchangeError::InvalidResponse("invalid Content-Length"))?;
+                if self.content_length.is_some_and(|seen| seen != length) {
+                    return Err(ExchangeError::InvalidResponse("conflicting Content-Length values"));
+                }
+                self.content_length = Some(length);
+            }
+            return Ok(false);
+        }
+        Ok(name == header::TE
+            || name == header::TRAILER
+            || name == header::UPGRADE
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION)
     }
 
     /// Finds how the body ends (RFC 9112 section 6.3).
@@ -492,12 +499,6 @@ impl<'h> HeadFacts<'h> {
             (None, Some(length)) => Ok(Framing::Length(length)),
             (None, None) => Ok(Framing::Close),
         }
-    }
-
-    /// Returns whether a field is hop-by-hop, by its name or by being listed in `Connection`.
-    fn is_hop_by_hop(&self, name: &[u8]) -> bool {
-        HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))
-            || self.listed.iter().any(|listed| listed.eq_ignore_ascii_case(name))
     }
 }
 
