@@ -3,6 +3,12 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::Request;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -309,4 +315,39 @@ async fn content_length_beside_chunked_dropped() {
         assert!(request.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{request}");
     }
     assert_eq!(upstream.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streamed_body_is_echoed_through() {
+    let upstream = Upstream::start("app").await;
+    let gw = TestGateway::single_route("", "app.test", &[upstream.url()], "").await;
+    let stream = TcpStream::connect(gw.http).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+
+    // No Content-Length, and the frames come apart, so the upstream starts echoing
+    // before the request body ends and the rest is sent while the response streams.
+    let frames = futures_util::stream::iter(["one ", "two ", "three"]).then(|text| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(text)))
+    });
+    let request = Request::post(format!("http://app.test:{}/echo", gw.http.port()))
+        .body(StreamBody::new(Box::pin(frames)))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("no response head")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the echoed body did not end")
+        .unwrap()
+        .to_bytes();
+
+    assert_eq!(&body[..], b"one two three");
+    let seen = upstream.last_request();
+    assert_eq!(seen.headers["transfer-encoding"], "chunked");
 }
