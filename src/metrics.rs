@@ -27,10 +27,11 @@ pub enum Reason {
     UpstreamTimeout,
     UpstreamError,
     MalformedForwarded,
+    ClientAborted,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::BadRequest,
         Reason::HostNotFound,
         Reason::Blacklisted,
@@ -45,6 +46,7 @@ impl Reason {
         Reason::UpstreamTimeout,
         Reason::UpstreamError,
         Reason::MalformedForwarded,
+        Reason::ClientAborted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +65,7 @@ impl Reason {
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::UpstreamError => "upstream_error",
             Reason::MalformedForwarded => "malformed_forwarded",
+            Reason::ClientAborted => "client_aborted",
         }
     }
 }

@@ -223,12 +223,21 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.source {
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Source::Upstream(body) => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Source::Upstream(body) => match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Err(error))) => {
+                    if let Some(exchange) = &this.exchange {
+                        exchange.body_failed(&error);
+                    }
+                    Poll::Ready(Some(Err(error.into())))
+                }
                 Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => {
                     ready!(poll_deadline(this.deadline, &mut this.sleep, cx));
+                    body.record_timeout();
+                    if let Some(exchange) = &this.exchange {
+                        exchange.body_timed_out();
+                    }
                     this.finish(true);
                     return Poll::Ready(Some(Err(Box::new(ResponseTimedOut))));
                 }

@@ -15,6 +15,10 @@ use crate::upstream::pool::ConnectError;
 
 static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 static CLOSE: HeaderValue = HeaderValue::from_static("close");
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => panic!("499 is a valid status code"),
+};
 /// The methods the gateway forwards: all but CONNECT, which would make it a tunnel.
 static ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE");
 
@@ -50,6 +54,10 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("request body was not received within readTimeout")]
     RequestTimeout,
+    #[error("request body is malformed")]
+    InvalidRequestBody,
+    #[error("client closed the connection before its request body ended")]
+    ClientAborted,
     #[error("no healthy target in the pool")]
     NoHealthyTarget,
     #[error("connection to upstream {target} failed: {source}")]
@@ -73,7 +81,12 @@ impl From<Rejection> for ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost | ProxyError::DuplicateHost | ProxyError::InvalidHost => StatusCode::BAD_REQUEST,
+            ProxyError::MissingHost
+            | ProxyError::DuplicateHost
+            | ProxyError::InvalidHost
+            | ProxyError::InvalidRequestBody => StatusCode::BAD_REQUEST,
+            // nginx's code for a client that closed its connection; no one reads it.
+            ProxyError::ClientAborted => CLIENT_CLOSED_REQUEST,
             ProxyError::UnsupportedMethod => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Blacklisted | ProxyError::Banned => StatusCode::FORBIDDEN,
@@ -91,7 +104,9 @@ impl ProxyError {
             ProxyError::MissingHost
             | ProxyError::DuplicateHost
             | ProxyError::InvalidHost
+            | ProxyError::InvalidRequestBody
             | ProxyError::UnsupportedMethod => Reason::BadRequest,
+            ProxyError::ClientAborted => Reason::ClientAborted,
             ProxyError::NoRoute => Reason::HostNotFound,
             ProxyError::Blacklisted => Reason::Blacklisted,
             ProxyError::Banned => Reason::Banned,
@@ -136,6 +151,8 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => "429 Too Many Requests\n",
             ProxyError::BodyTooLarge => "413 Content Too Large\n",
             ProxyError::RequestTimeout => "408 Request Timeout\n",
+            ProxyError::InvalidRequestBody => "400 Bad Request: malformed request body\n",
+            ProxyError::ClientAborted => "499 Client Closed Request\n",
             ProxyError::NoHealthyTarget => "503 Service Unavailable: no healthy upstream\n",
             ProxyError::UpstreamConnect { .. } => "502 Bad Gateway: upstream unreachable\n",
             ProxyError::UpstreamFailed { .. } => "502 Bad Gateway: upstream failed\n",
@@ -163,7 +180,9 @@ impl ProxyError {
             | ProxyError::DuplicateHost
             | ProxyError::InvalidHost
             | ProxyError::BodyTooLarge
-            | ProxyError::RequestTimeout => {
+            | ProxyError::RequestTimeout
+            | ProxyError::InvalidRequestBody
+            | ProxyError::ClientAborted => {
                 headers.insert(header::CONNECTION, CLOSE.clone());
             }
             _ => {}

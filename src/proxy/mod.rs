@@ -35,7 +35,7 @@ use crate::router::normalize_host;
 use crate::snapshot::{Route, Snapshot};
 use crate::state::State;
 use crate::upstream::Target;
-use crate::upstream::http1::{self, ExchangeError, ResponseHead, Sent, UpstreamBody};
+use crate::upstream::http1::{self, BodyError, ExchangeError, ResponseHead, Sent, UpstreamBody};
 use crate::upstream::pool::{self, ConnectError, Lease};
 use body::{ClientBodyError, ResponseBody, UpstreamRequestBody};
 use error::{ProxyError, UpstreamError};
@@ -112,6 +112,30 @@ impl Exchange {
     /// Ends the exchange once its response body ended or was abandoned.
     pub(crate) fn finish(mut self, bytes_sent: u64, _aborted: bool) {
         self.bytes_sent = bytes_sent;
+    }
+
+    /// Logs a response body that broke after its head was sent. The client gets a
+    /// response cut short, as with nginx when an upstream fails mid-body.
+    pub(crate) fn body_failed(&self, error: &BodyError) {
+        match error {
+            BodyError::Upstream(error) => {
+                let Some(suppressed) = self.state.throttle.allow(Reason::UpstreamError) else {
+                    return;
+                };
+                tracing::warn!(client = %self.client, peer = %self.conn.peer, suppressed, error = %error, "upstream response body failed; the response was cut short");
+            }
+            BodyError::Client(error) => {
+                tracing::debug!(client = %self.client, peer = %self.conn.peer, error = %error, "request body failed while the response streamed");
+            }
+        }
+    }
+
+    /// Logs a response body that did not end within writeTimeout.
+    pub(crate) fn body_timed_out(&self) {
+        let Some(suppressed) = self.state.throttle.allow(Reason::UpstreamTimeout) else {
+            return;
+        };
+        tracing::warn!(client = %self.client, peer = %self.conn.peer, suppressed, "upstream response body not complete within writeTimeout; the response was cut short");
     }
 
     fn set_route(&mut self, route: &Route) {
@@ -435,6 +459,15 @@ async fn forward(
     Ok(Response::from_parts(parts, ResponseBody::upstream(body, deadline)))
 }
 
+/// Maps a failure to read the client's request body: a malformed body gets 400, and a
+/// client that went away mid-body is recorded as 499, as nginx does.
+fn client_body_failure(error: Box<dyn std::error::Error + Send + Sync>) -> ProxyError {
+    match error.downcast_ref::<hyper::Error>() {
+        Some(hyper_error) if hyper_error.is_parse() => ProxyError::InvalidRequestBody,
+        _ => ProxyError::ClientAborted,
+    }
+}
+
 /// A prepared request as the upstream will see it, apart from its target path.
 #[derive(Clone, Copy)]
 struct Outgoing<'a> {
@@ -471,6 +504,7 @@ async fn exchange_with(
         let mut lease = Lease {
             connection,
             pool: target.connections.clone(),
+            stats: target.stats.clone(),
         };
         let body = body.take().unwrap_or_else(UpstreamRequestBody::empty);
         match http1::exchange(&mut lease.connection, request, body).await {
@@ -550,7 +584,15 @@ async fn send(
                     ClientBodyError::TimedOut => ProxyError::RequestTimeout,
                 });
             }
+            // The client's fault, not the upstream's: nothing is counted against the target.
+            Ok(Err(AttemptError::Exchange(ExchangeError::ClientBodyFailed(error)))) => {
+                return Err(client_body_failure(error));
+            }
             Ok(Err(AttemptError::Exchange(error))) => (false, UpstreamError::Exchange(error)),
+        };
+        let before_response = match &error {
+            UpstreamError::Connect(_) => true,
+            UpstreamError::Exchange(error) => error.before_response(),
         };
 
         if connect {
@@ -563,7 +605,8 @@ async fn send(
         }
 
         let next_excluded = if connect { Some(index) } else { None };
-        if retries > 0 && (connect || idempotent) && pool.pick(key, next_excluded).is_some() {
+        // A malformed response is not retried: the upstream did the work once already.
+        if retries > 0 && before_response && (connect || idempotent) && pool.pick(key, next_excluded).is_some() {
             tracing::debug!(route = %route.label, target = %target.url, error = %error, "retrying upstream request");
             retries -= 1;
             excluded = next_excluded;

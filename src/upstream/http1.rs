@@ -10,6 +10,7 @@
 use std::error::Error as StdError;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 use std::collections::VecDeque;
@@ -51,6 +52,8 @@ pub enum ExchangeError {
     Io(#[from] io::Error),
     #[error("upstream closed the connection without responding")]
     Closed,
+    #[error("upstream reset the connection without responding: {0}")]
+    Reset(io::Error),
     #[error("upstream sent an invalid response head: {0}")]
     InvalidHead(httparse::Error),
     #[error("upstream sent an invalid response: {0}")]
@@ -61,6 +64,17 @@ pub enum ExchangeError {
     ClientBody(ClientBodyError),
     #[error("reading the client's request body failed: {0}")]
     ClientBodyFailed(Box<dyn StdError + Send + Sync>),
+}
+
+impl ExchangeError {
+    /// Returns whether the upstream sent no byte of a response, so the request can be
+    /// retried where that is safe.
+    pub fn before_response(&self) -> bool {
+        matches!(
+            self,
+            ExchangeError::Unsent(_) | ExchangeError::Closed | ExchangeError::Reset(_)
+        )
+    }
 }
 
 impl From<Box<dyn StdError + Send + Sync>> for ExchangeError {
@@ -198,18 +212,22 @@ pub async fn exchange(
     })
     .await;
 
-    match (head, send_error) {
+    let mut head = match (head, send_error) {
+        (Ok(head), None) => head,
         (Ok(mut head), Some(_)) => {
             head.keep_alive = false;
-            Ok(head)
+            if let Some(sending) = sender.as_mut() {
+                sending.stop();
+            }
+            head
         }
-        (Ok(mut head), None) => {
-            head.unsent_body = sender.filter(|sending| !sending.is_done());
-            Ok(head)
-        }
-        (Err(_), Some(error)) => Err(ExchangeError::Io(error)),
-        (Err(error), None) => Err(error),
-    }
+        (Err(_), Some(error)) => return Err(ExchangeError::Io(error)),
+        (Err(error), None) => return Err(error),
+    };
+    // An unfinished request body is kept until the response ends, even when no more of
+    // it can be sent: dropping an HTTP/2 client's body resets the whole stream.
+    head.unsent_body = sender.filter(|sending| !sending.is_done());
+    Ok(head)
 }
 
 /// The part of a request body still to be sent, written as the socket accepts it.
@@ -223,6 +241,8 @@ pub struct BodySender {
     pending: VecDeque<Bytes>,
     /// The body's end was read (and the last chunk queued).
     ended: bool,
+    /// The upstream stopped reading, so nothing more is sent.
+    stopped: bool,
 }
 
 impl std::fmt::Debug for BodySender {
@@ -238,6 +258,7 @@ impl BodySender {
             chunked,
             pending: VecDeque::with_capacity(3),
             ended: false,
+            stopped: false,
         }
     }
 
@@ -246,8 +267,16 @@ impl BodySender {
         self.ended && self.pending.is_empty()
     }
 
+    /// Stops sending, after the upstream stopped reading.
+    fn stop(&mut self) {
+        self.stopped = true;
+    }
+
     /// Writes body bytes until the body or the socket has to wait, or all is sent.
     pub fn poll_send(&mut self, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+        if self.stopped {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             while !self.pending.is_empty() {
                 let mut slices = [IoSlice::new(&[]); 3];
@@ -319,7 +348,15 @@ fn poll_read_head(
         }
 
         buf.reserve(READ_SIZE);
-        if ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf))? == 0 {
+        let nothing_yet = buf.is_empty();
+        let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf)).map_err(|error| {
+            if nothing_yet {
+                ExchangeError::Reset(error)
+            } else {
+                ExchangeError::Io(error)
+            }
+        })?;
+        if read == 0 {
             return Poll::Ready(Err(if buf.is_empty() {
                 ExchangeError::Closed
             } else {
@@ -424,14 +461,14 @@ struct HeadFacts<'h> {
     close: bool,
     /// `Connection: keep-alive` was sent (what keeps an HTTP/1.0 response's connection).
     keep_alive: bool,
-    /// Transfer-Encoding was sent, and whether its last coding is chunked.
+    /// Transfer-Encoding was sent, and whether it is exactly `chunked`.
     transfer_encoding: Option<bool>,
     content_length: Option<u64>,
     /// Other names listed in `Connection`, hop-by-hop too.
     listed: Vec<&'h [u8]>,
 }
 
-fn comma_items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+fn comma_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&byte| byte == b',')
         .map(<[u8]>::trim_ascii)
@@ -454,9 +491,15 @@ impl<'h> HeadFacts<'h> {
             return Ok(true);
         }
         if name == header::TRANSFER_ENCODING {
-            if let Some(last) = comma_items(value).next_back() {
-                self.transfer_encoding = Some(last.eq_ignore_ascii_case(b"chunked"));
-            }
+            // Only plain chunked is relayed, as in nginx: a client would take bytes in
+            // another coding (such as gzip) for the body itself.
+            let mut codings = comma_items(value);
+            let chunked = codings
+                .next()
+                .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
+                && codings.next().is_none()
+                && self.transfer_encoding.is_none();
+            self.transfer_encoding = Some(chunked);
             return Ok(true);
         }
         if name == header::CONTENT_LENGTH {
@@ -559,6 +602,13 @@ impl UpstreamBody {
         self.lease = None;
     }
 
+    /// Counts a body that did not arrive within writeTimeout against its target.
+    pub fn record_timeout(&self) {
+        if let Some(lease) = &self.lease {
+            lease.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Reads more bytes into the connection's buffer; returns how many.
     fn poll_fill(connection: &mut UpstreamConnection, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         connection.read_buf.reserve(want);
@@ -566,11 +616,76 @@ impl UpstreamBody {
     }
 }
 
+/// Reads the next part of a response body from its connection.
+fn poll_read_body(
+    state: &mut BodyState,
+    connection: &mut UpstreamConnection,
+    cx: &mut Context<'_>,
+) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+    loop {
+        match state {
+            BodyState::Done => return Poll::Ready(None),
+            BodyState::Length(left) => {
+                if connection.read_buf.is_empty() {
+                    let want = (*left).min(MAX_READ as u64) as usize;
+                    if ready!(UpstreamBody::poll_fill(connection, cx, want))? == 0 {
+                        return Poll::Ready(Some(Err(unexpected_eof())));
+                    }
+                }
+                let take = (*left).min(connection.read_buf.len() as u64);
+                let data = connection.read_buf.split_to(take as usize).freeze();
+                *left -= take;
+                if *left == 0 {
+                    *state = BodyState::Done;
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            BodyState::Close => {
+                if connection.read_buf.is_empty() && ready!(UpstreamBody::poll_fill(connection, cx, READ_SIZE))? == 0 {
+                    *state = BodyState::Done;
+                    return Poll::Ready(None);
+                }
+                let data = connection.read_buf.split().freeze();
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            BodyState::Chunked(decoder) => match decoder.decode(&mut connection.read_buf, MAX_READ)? {
+                Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Decoded::End => *state = BodyState::Done,
+                Decoded::NeedMore => {
+                    if ready!(UpstreamBody::poll_fill(connection, cx, READ_SIZE))? == 0 {
+                        return Poll::Ready(Some(Err(unexpected_eof())));
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Counts a response body failure against its target and names the upstream in it.
+fn upstream_failure(lease: &Lease, error: io::Error) -> io::Error {
+    lease.stats.other_errors.fetch_add(1, Ordering::Relaxed);
+    match lease.connection.stream.peer_addr() {
+        Ok(addr) => io::Error::new(error.kind(), format!("upstream {addr}: {error}")),
+        Err(_) => error,
+    }
+}
+
+/// The cause of a response body that stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The upstream broke the body, such as by closing the connection early.
+    #[error("{0}")]
+    Upstream(io::Error),
+    /// The rest of the client's request body could not be read.
+    #[error("{0}")]
+    Client(ExchangeError),
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = io::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let Some(lease) = this.lease.as_mut() else {
             return Poll::Ready(None);
@@ -582,52 +697,25 @@ impl Body for UpstreamBody {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
                 // The upstream stopped reading the request; its response may still come.
                 Poll::Ready(Err(ExchangeError::Io(_))) => {
-                    this.unsent_body = None;
+                    sending.stop();
                     this.keep_alive = false;
                 }
                 Poll::Ready(Err(error)) => {
                     this.lease = None;
-                    return Poll::Ready(Some(Err(io::Error::other(error))));
+                    return Poll::Ready(Some(Err(BodyError::Client(error))));
                 }
             }
         }
 
-        loop {
-            match &mut this.state {
-                BodyState::Done => return Poll::Ready(None),
-                BodyState::Length(left) => {
-                    if connection.read_buf.is_empty() {
-                        let want = (*left).min(MAX_READ as u64) as usize;
-                        if ready!(Self::poll_fill(connection, cx, want))? == 0 {
-                            return Poll::Ready(Some(Err(unexpected_eof())));
-                        }
-                    }
-                    let take = (*left).min(connection.read_buf.len() as u64);
-                    let data = connection.read_buf.split_to(take as usize).freeze();
-                    *left -= take;
-                    if *left == 0 {
-                        this.state = BodyState::Done;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                BodyState::Close => {
-                    if connection.read_buf.is_empty() && ready!(Self::poll_fill(connection, cx, READ_SIZE))? == 0 {
-                        this.state = BodyState::Done;
-                        return Poll::Ready(None);
-                    }
-                    let data = connection.read_buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                BodyState::Chunked(decoder) => match decoder.decode(&mut connection.read_buf, MAX_READ)? {
-                    Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Decoded::End => this.state = BodyState::Done,
-                    Decoded::NeedMore => {
-                        if ready!(Self::poll_fill(connection, cx, READ_SIZE))? == 0 {
-                            return Poll::Ready(Some(Err(unexpected_eof())));
-                        }
-                    }
-                },
+        match poll_read_body(&mut this.state, connection, cx) {
+            Poll::Ready(Some(Err(error))) => {
+                let error = upstream_failure(lease, error);
+                this.lease = None;
+                Poll::Ready(Some(Err(BodyError::Upstream(error))))
             }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -677,7 +765,7 @@ mod tests {
         let framing_of = |head| parse(head, &get).map(|parsed| parsed.framing);
 
         let both = parse(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n",
             &get,
         )
         .unwrap();
@@ -705,6 +793,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: +7\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(framing_of(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }

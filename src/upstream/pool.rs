@@ -18,6 +18,8 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::metrics::TargetStats;
+
 /// How long an idle upstream connection stays in the pool.
 ///
 /// Shorter than the keep-alive timeouts of common upstream servers (Node.js and Apache
@@ -189,6 +191,8 @@ impl ConnectionPool {
 pub struct Lease {
     pub connection: UpstreamConnection,
     pub pool: Arc<ConnectionPool>,
+    /// The counters of the target the connection leads to.
+    pub stats: Arc<TargetStats>,
 }
 
 impl Lease {

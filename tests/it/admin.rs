@@ -155,7 +155,7 @@ async fn endpoint_shapes_and_errors() {
 }
 
 /// Scrapes `/metrics`, checks that it parses, and returns the samples.
-async fn scrape(admin: SocketAddr) -> Vec<prometheus_parse::Sample> {
+pub(crate) async fn scrape(admin: SocketAddr) -> Vec<prometheus_parse::Sample> {
     let response = get(admin, "127.0.0.1", "/metrics").await;
     assert_eq!(response.status, 200);
     assert!(
@@ -171,7 +171,7 @@ async fn scrape(admin: SocketAddr) -> Vec<prometheus_parse::Sample> {
     scrape.samples
 }
 
-fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|sample| sample.metric == name)

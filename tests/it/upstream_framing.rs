@@ -12,7 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{ScriptedUpstream, TestGateway, Upstream, get, raw, read_response, send};
+use crate::admin::{scrape, value};
+use crate::support::{ScriptedUpstream, TestGateway, Upstream, get, logs, raw, read_response, send};
 
 async fn gateway_for(upstream: &ScriptedUpstream) -> TestGateway {
     TestGateway::single_route("", "app.test", &[upstream.url()], "").await
@@ -99,11 +100,12 @@ async fn interim_responses_are_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_responses_get_502() {
-    let malformed: [&'static [u8]; 6] = [
+    let malformed: [&'static [u8]; 7] = [
         b"NOT HTTP AT ALL\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nbody!",
         b"HTTP/1.1 200 OK\r\nContent-Length: -4\r\n\r\nbody",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nbody",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n",
     ];
@@ -114,6 +116,8 @@ async fn malformed_responses_get_502() {
         let response = get(gw.http, "app.test", "/").await;
 
         assert_eq!(response.status, 502, "{:?}", String::from_utf8_lossy(reply));
+        // The upstream responded, so even an idempotent request is not sent again.
+        assert_eq!(upstream.requests().len(), 1, "{:?}", String::from_utf8_lossy(reply));
     }
 }
 
@@ -136,6 +140,7 @@ async fn oversized_response_head_gets_502() {
 async fn truncated_body_aborts_client_response() {
     let upstream = ScriptedUpstream::start_closing(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this").await;
     let gw = gateway_for(&upstream).await;
+    logs::watch(&upstream.addr.to_string());
 
     let response = tokio::time::timeout(
         Duration::from_secs(10),
@@ -151,6 +156,15 @@ async fn truncated_body_aborts_client_response() {
     assert!(
         response.is_none(),
         "a truncated body was passed off as whole: {response:?}"
+    );
+
+    let samples = scrape(gw.admin.unwrap()).await;
+    let other_errors = value(&samples, "minigateway_upstream_errors_total", &[("kind", "other")]);
+    assert_eq!(other_errors, 1.0);
+    let logged = logs::lines_with(&upstream.addr.to_string());
+    assert!(
+        logged.iter().any(|line| line.contains("the response was cut short")),
+        "{logged:?}"
     );
 }
 
@@ -350,4 +364,86 @@ async fn h2_streamed_body_is_echoed_through() {
     assert_eq!(&body[..], b"one two three");
     let seen = upstream.last_request();
     assert_eq!(seen.headers["transfer-encoding"], "chunked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_upload_is_not_an_upstream_error() {
+    let upstream = ScriptedUpstream::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = gateway_for(&upstream).await;
+
+    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+    stream
+        .write_all(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&[b'x'; 1000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let samples = scrape(gw.admin.unwrap()).await;
+    let requests = |class| {
+        value(
+            &samples,
+            "minigateway_requests_total",
+            &[("route", "app"), ("status_class", class)],
+        )
+    };
+    assert_eq!(requests("4xx"), 1.0, "the abort is not recorded as 499");
+    assert_eq!(requests("5xx"), 0.0);
+    let other_errors = value(&samples, "minigateway_upstream_errors_total", &[("kind", "other")]);
+    assert_eq!(other_errors, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_early_response_reaches_the_client() {
+    // Responds as soon as it has a request head, and closes without reading the body.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&chunk[..n]);
+        }
+        // The head and the body in separate writes, as many servers send them.
+        stream
+            .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stream.write_all(b"too big\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    });
+    let gw = TestGateway::single_route("", "app.test", &[format!("http://{addr}")], "").await;
+    let stream = TcpStream::connect(gw.http).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+
+    // A body far larger than the socket buffers, so most of it is never read.
+    let frames = futures_util::stream::iter(0..200).then(|_| async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))
+    });
+    let request = Request::post(format!("http://app.test:{}/upload", gw.http.port()))
+        .body(StreamBody::new(Box::pin(frames)))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("no response head")
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the response body did not end")
+        .expect("the response stream was reset before its body")
+        .to_bytes();
+
+    assert_eq!(&body[..], b"too big\n");
+    server.await.unwrap();
 }
