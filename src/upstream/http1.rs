@@ -7,21 +7,17 @@
 //! a request and its upstream socket, which saves a task wakeup and a message per
 //! request over hyper's client.
 
+use std::collections::VecDeque;
 use std::error::Error as StdError;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll, ready};
-
-use std::collections::VecDeque;
-use std::io::IoSlice;
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,7 +27,7 @@ use crate::proxy::body::{ClientBodyError, UpstreamRequestBody};
 use crate::proxy::headers::{Forwarding, KEEP_ALIVE, PROXY_CONNECTION};
 
 /// Maximum size of a response head accepted from an upstream.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Maximum number of header fields in a response head, as in hyper's client.
 const MAX_HEADERS: usize = 100;
@@ -160,7 +156,7 @@ const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 pub async fn exchange(
     connection: &mut UpstreamConnection,
     request: Sent<'_>,
-    mut body: UpstreamRequestBody,
+    body: UpstreamRequestBody,
 ) -> Result<ResponseHead, ExchangeError> {
     let has_body = !body.is_end_stream();
     let chunked = has_body && !request.headers.contains_key(header::CONTENT_LENGTH);
@@ -169,27 +165,11 @@ pub async fn exchange(
     encode_head(&request, chunked, &mut head);
 
     // A small body usually arrives with the request head; it then goes in the same write.
-    let mut body_done = !has_body;
-    if has_body {
-        if let Some(frame) = body.frame().now_or_never() {
-            match frame {
-                Some(frame) => {
-                    if let Ok(data) = frame?.into_data() {
-                        if chunked && !data.is_empty() {
-                            head.extend_from_slice(&chunk_prefix(data.len()));
-                            head.extend_from_slice(&data);
-                            head.extend_from_slice(b"\r\n");
-                        } else {
-                            head.extend_from_slice(&data);
-                        }
-                    }
-                    body_done = body.is_end_stream();
-                }
-                None => body_done = true,
-            }
-            if body_done && chunked {
-                head.extend_from_slice(LAST_CHUNK);
-            }
+    let mut sender = has_body.then(|| Box::new(BodySender::new(body, chunked)));
+    if let Some(sending) = sender.as_mut() {
+        sending.take_ready()?;
+        for bytes in sending.pending.drain(..) {
+            head.extend_from_slice(&bytes);
         }
     }
 
@@ -197,7 +177,6 @@ pub async fn exchange(
     let written = stream.write(&head).await.map_err(ExchangeError::Unsent)?;
     stream.write_all(&head[written..]).await?;
 
-    let mut sender = (!body_done).then(|| Box::new(BodySender::new(body, chunked)));
     let mut send_error = None;
     let head = std::future::poll_fn(|cx| {
         if let Some(sending) = sender.as_mut().filter(|_| send_error.is_none()) {
@@ -225,7 +204,7 @@ pub async fn exchange(
         (Err(error), None) => return Err(error),
     };
     // An unfinished request body is kept until the response ends, even when no more of
-    // it can be sent: dropping an HTTP/2 client's body resets the whole stream.
+    // it can be sent, so the client's upload is abandoned only after the whole response.
     head.unsent_body = sender.filter(|sending| !sending.is_done());
     Ok(head)
 }
@@ -267,6 +246,46 @@ impl BodySender {
         self.ended && self.pending.is_empty()
     }
 
+    /// Takes the body frames that have already arrived, without waiting for more.
+    fn take_ready(&mut self) -> Result<(), ExchangeError> {
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(&mut cx) {
+            self.queue(frame)?;
+        }
+        Ok(())
+    }
+
+    /// Queues one frame (or the end, for `None`) with its chunked framing.
+    fn queue(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, Box<dyn StdError + Send + Sync>>>,
+    ) -> Result<(), ExchangeError> {
+        match frame {
+            Some(frame) => {
+                let Ok(data) = frame?.into_data() else {
+                    return Ok(());
+                };
+                if data.is_empty() {
+                    return Ok(());
+                }
+                if self.chunked {
+                    self.pending.push_back(chunk_prefix(data.len()));
+                    self.pending.push_back(data);
+                    self.pending.push_back(Bytes::from_static(b"\r\n"));
+                } else {
+                    self.pending.push_back(data);
+                }
+            }
+            None => {
+                self.ended = true;
+                if self.chunked {
+                    self.pending.push_back(Bytes::from_static(LAST_CHUNK));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Stops sending, after the upstream stopped reading.
     fn stop(&mut self) {
         self.stopped = true;
@@ -302,27 +321,9 @@ impl BodySender {
                 return Poll::Ready(Ok(()));
             }
 
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if self.chunked {
-                        self.pending.push_back(chunk_prefix(data.len()));
-                        self.pending.push_back(data);
-                        self.pending.push_back(Bytes::from_static(b"\r\n"));
-                    } else {
-                        self.pending.push_back(data);
-                    }
-                }
-                Some(Err(error)) => return Poll::Ready(Err(error.into())),
-                None => {
-                    self.ended = true;
-                    if self.chunked {
-                        self.pending.push_back(Bytes::from_static(LAST_CHUNK));
-                    }
-                }
+            let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+            if let Err(error) = self.queue(frame) {
+                return Poll::Ready(Err(error));
             }
         }
     }
@@ -347,9 +348,8 @@ fn poll_read_head(
             return Poll::Ready(Err(ExchangeError::HeadTooLarge));
         }
 
-        buf.reserve(READ_SIZE);
         let nothing_yet = buf.is_empty();
-        let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf)).map_err(|error| {
+        let read = ready!(poll_read_more(stream, buf, READ_SIZE, cx)).map_err(|error| {
             if nothing_yet {
                 ExchangeError::Reset(error)
             } else {
@@ -608,12 +608,17 @@ impl UpstreamBody {
             lease.stats.timeouts.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
 
-    /// Reads more bytes into the connection's buffer; returns how many.
-    fn poll_fill(connection: &mut UpstreamConnection, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        connection.read_buf.reserve(want);
-        tokio_util::io::poll_read_buf(Pin::new(&mut connection.stream), cx, &mut connection.read_buf)
-    }
+/// Reads more bytes into `buf`, with room for at least `want`; returns how many.
+fn poll_read_more(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    want: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    buf.reserve(want);
+    tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
 }
 
 /// Reads the next part of a response body from its connection.
@@ -628,7 +633,13 @@ fn poll_read_body(
             BodyState::Length(left) => {
                 if connection.read_buf.is_empty() {
                     let want = (*left).min(MAX_READ as u64) as usize;
-                    if ready!(UpstreamBody::poll_fill(connection, cx, want))? == 0 {
+                    if ready!(poll_read_more(
+                        &mut connection.stream,
+                        &mut connection.read_buf,
+                        want,
+                        cx
+                    ))? == 0
+                    {
                         return Poll::Ready(Some(Err(unexpected_eof())));
                     }
                 }
@@ -641,7 +652,14 @@ fn poll_read_body(
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             BodyState::Close => {
-                if connection.read_buf.is_empty() && ready!(UpstreamBody::poll_fill(connection, cx, READ_SIZE))? == 0 {
+                if connection.read_buf.is_empty()
+                    && ready!(poll_read_more(
+                        &mut connection.stream,
+                        &mut connection.read_buf,
+                        READ_SIZE,
+                        cx
+                    ))? == 0
+                {
                     *state = BodyState::Done;
                     return Poll::Ready(None);
                 }
@@ -652,7 +670,13 @@ fn poll_read_body(
                 Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Decoded::End => *state = BodyState::Done,
                 Decoded::NeedMore => {
-                    if ready!(UpstreamBody::poll_fill(connection, cx, READ_SIZE))? == 0 {
+                    if ready!(poll_read_more(
+                        &mut connection.stream,
+                        &mut connection.read_buf,
+                        READ_SIZE,
+                        cx
+                    ))? == 0
+                    {
                         return Poll::Ready(Some(Err(unexpected_eof())));
                     }
                 }
