@@ -6,12 +6,11 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{TestGateway, Upstream, get, raw};
+use crate::support::{TestGateway, Upstream, get, h2c_sender, raw};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_removed_upstream() {
@@ -181,11 +180,7 @@ async fn h2c_prior_knowledge_reaches_http1_upstream() {
     let upstream = Upstream::start("app").await;
     let gw = TestGateway::single_route("", "app.test", &[upstream.url()], "").await;
 
-    let stream = TcpStream::connect(gw.http).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c_sender(gw.http).await;
 
     // The URI authority travels as :authority, which routes the request.
     let authority = format!("app.test:{}", gw.http.port());

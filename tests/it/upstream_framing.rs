@@ -1,6 +1,7 @@
 //! The gateway as an HTTP/1.1 client: response framing, interim responses, malformed
 //! upstream responses, request bodies and upstream connection reuse.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -8,15 +9,41 @@ use futures_util::StreamExt;
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 use crate::admin::{scrape, value};
-use crate::support::{ScriptedUpstream, TestGateway, Upstream, get, logs, raw, read_response, send};
+use crate::support::{ScriptedUpstream, TestGateway, Upstream, get, h2c_sender, logs, raw, read_response, send};
 
 async fn gateway_for(upstream: &ScriptedUpstream) -> TestGateway {
     TestGateway::single_route("", "app.test", &[upstream.url()], "").await
+}
+
+/// Starts an upstream that responds 413 as soon as it has a request head, writing the
+/// head and the body separately, and closes without reading the request body.
+async fn early_413_upstream() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&chunk[..n]);
+        }
+
+        stream
+            .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stream.write_all(b"too big\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    });
+    (addr, server)
 }
 
 /// Sends `count` keep-alive GETs on one client connection and returns the bodies.
@@ -238,24 +265,7 @@ async fn chunked_request_body_reaches_a_real_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_upstream_response_reaches_a_client_still_uploading() {
-    // Responds as soon as it has a request head, and closes without reading the body.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0);
-            head.extend_from_slice(&chunk[..n]);
-        }
-        stream
-            .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    });
+    let (addr, server) = early_413_upstream().await;
     let gw = TestGateway::single_route("", "app.test", &[format!("http://{addr}")], "").await;
 
     let mut stream = TcpStream::connect(gw.http).await.unwrap();
@@ -335,11 +345,7 @@ async fn content_length_beside_chunked_dropped() {
 async fn h2_streamed_body_is_echoed_through() {
     let upstream = Upstream::start("app").await;
     let gw = TestGateway::single_route("", "app.test", &[upstream.url()], "").await;
-    let stream = TcpStream::connect(gw.http).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c_sender(gw.http).await;
 
     // No Content-Length, and the frames come apart, so the upstream starts echoing
     // before the request body ends and the rest is sent while the response streams.
@@ -397,33 +403,9 @@ async fn aborted_upload_is_not_an_upstream_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_early_response_reaches_the_client() {
-    // Responds as soon as it has a request head, and closes without reading the body.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0);
-            head.extend_from_slice(&chunk[..n]);
-        }
-        // The head and the body in separate writes, as many servers send them.
-        stream
-            .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        stream.write_all(b"too big\n").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    });
+    let (addr, server) = early_413_upstream().await;
     let gw = TestGateway::single_route("", "app.test", &[format!("http://{addr}")], "").await;
-    let stream = TcpStream::connect(gw.http).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c_sender(gw.http).await;
 
     // A body far larger than the socket buffers, so most of it is never read.
     let frames = futures_util::stream::iter(0..200).then(|_| async {

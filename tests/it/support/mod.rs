@@ -8,7 +8,7 @@ pub mod ports;
 pub mod tls_client;
 pub mod upstream;
 
-pub use client::{RawResponse, connect_from, get, pooled, raw, read_response, send};
+pub use client::{RawResponse, connect_from, get, h2c_sender, pooled, raw, read_response, send};
 pub use gateway::{TestGateway, config, tree};
 pub use ports::{free_addr, free_port, wait_listening};
 pub use upstream::{ScriptedUpstream, SilentUpstream, Upstream, closed_addr};
