@@ -85,7 +85,7 @@ impl ProxyError {
             | ProxyError::DuplicateHost
             | ProxyError::InvalidHost
             | ProxyError::InvalidRequestBody => StatusCode::BAD_REQUEST,
-            // nginx's code for a client that closed its connection; no one reads it.
+            // nginx's code for a client that closed its connection. The client never reads it.
             ProxyError::ClientAborted => CLIENT_CLOSED_REQUEST,
             ProxyError::UnsupportedMethod => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,

@@ -114,8 +114,8 @@ impl Exchange {
         self.bytes_sent = bytes_sent;
     }
 
-    /// Logs a response body that broke after its head was sent. The client gets a
-    /// response cut short, as with nginx when an upstream fails mid-body.
+    /// Logs a response body that broke after its head was sent, so the client got a
+    /// response cut short.
     pub(crate) fn body_failed(&self, error: &BodyError) {
         match error {
             BodyError::Upstream(error) => {
@@ -584,7 +584,7 @@ async fn send(
                     ClientBodyError::TimedOut => ProxyError::RequestTimeout,
                 });
             }
-            // The client's fault, not the upstream's: nothing is counted against the target.
+            // The client's fault, not the upstream's, so nothing is counted against the target.
             Ok(Err(AttemptError::Exchange(ExchangeError::ClientBodyFailed(error)))) => {
                 return Err(client_body_failure(error));
             }
@@ -605,7 +605,7 @@ async fn send(
         }
 
         let next_excluded = if connect { Some(index) } else { None };
-        // A malformed response is not retried: the upstream did the work once already.
+        // A malformed response is not retried, because the upstream has already handled it.
         if retries > 0 && before_response && (connect || idempotent) && pool.pick(key, next_excluded).is_some() {
             tracing::debug!(route = %route.label, target = %target.url, error = %error, "retrying upstream request");
             retries -= 1;

@@ -2,8 +2,7 @@
 //!
 //! The decoder works on the connection's read buffer. It takes what it can from the
 //! buffer and returns `NeedMore` when a size line, a chunk's end or a trailer line is
-//! incomplete. Chunk extensions are ignored and trailer fields are dropped, as nginx
-//! does when it proxies to an HTTP/1.1 client that did not ask for them.
+//! incomplete. Chunk extensions are ignored and trailer fields are dropped.
 
 use std::io;
 
@@ -20,7 +19,7 @@ const MAX_TRAILERS: usize = 16 * 1024;
 pub enum Decoded {
     /// Body bytes, taken from the buffer.
     Data(Bytes),
-    /// The buffer ends inside framing; read more and call again.
+    /// The buffer ends inside framing, so the caller reads more and calls again.
     NeedMore,
     /// The last chunk and the trailer section were read.
     End,

@@ -164,7 +164,7 @@ pub async fn exchange(
     let mut head = Vec::with_capacity(256 + request.headers.len() * 48);
     encode_head(&request, chunked, &mut head);
 
-    // A small body usually arrives with the request head; it then goes in the same write.
+    // A small body usually arrives with the request head, so it goes in the same write.
     let mut sender = has_body.then(|| Box::new(BodySender::new(body, chunked)));
     if let Some(sending) = sender.as_mut() {
         sending.take_ready()?;
@@ -476,7 +476,7 @@ fn comma_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 impl<'h> HeadFacts<'h> {
-    /// Reads one field; returns whether it is hop-by-hop by its name alone.
+    /// Reads one field and returns whether it is hop-by-hop by its name alone.
     fn read(&mut self, name: &HeaderName, value: &'h [u8]) -> Result<bool, ExchangeError> {
         if name == header::CONNECTION {
             for token in comma_items(value) {
@@ -491,8 +491,8 @@ impl<'h> HeadFacts<'h> {
             return Ok(true);
         }
         if name == header::TRANSFER_ENCODING {
-            // Only plain chunked is relayed, as in nginx: a client would take bytes in
-            // another coding (such as gzip) for the body itself.
+            // Only plain chunked is relayed, because a client would take bytes in another
+            // coding (such as gzip) for the body itself.
             let mut codings = comma_items(value);
             let chunked = codings
                 .next()
@@ -586,7 +586,7 @@ impl UpstreamBody {
     }
 
     /// Returns the connection to its pool if the body ended cleanly and nothing
-    /// unasked follows it; otherwise closes it.
+    /// unasked follows it. Otherwise it closes the connection.
     pub fn release(&mut self) {
         let Some(lease) = self.lease.take() else {
             return;
@@ -610,7 +610,7 @@ impl UpstreamBody {
     }
 }
 
-/// Reads more bytes into `buf`, with room for at least `want`; returns how many.
+/// Reads more bytes into `buf`, with room for at least `want`, and returns how many.
 fn poll_read_more(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
@@ -719,7 +719,7 @@ impl Body for UpstreamBody {
         if let Some(sending) = this.unsent_body.as_mut().filter(|sending| !sending.is_done()) {
             match sending.poll_send(&mut connection.stream, cx) {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
-                // The upstream stopped reading the request; its response may still come.
+                // The upstream stopped reading the request, but its response may still come.
                 Poll::Ready(Err(ExchangeError::Io(_))) => {
                     sending.stop();
                     this.keep_alive = false;
@@ -865,7 +865,7 @@ mod tests {
     }
 
     #[test]
-    fn parsed_head_keeps_the_rest_of_the_buffer() {
+    fn parse_head_keeps_buffer_rest() {
         let fields = HeaderMap::new();
         let request = Sent {
             method: &Method::GET,

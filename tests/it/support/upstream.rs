@@ -315,7 +315,7 @@ impl Drop for ScriptedUpstream {
     }
 }
 
-/// Reads one request (head and body) from `stream`; `buffer` keeps what follows it.
+/// Reads one request (head and body) from `stream`, keeping what follows it in `buffer`.
 async fn read_request(stream: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
     async fn fill(stream: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> Option<()> {
         let mut chunk = [0u8; 16 * 1024];
